@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+
+# The repo root is on sys.path through `pythonpath` in pyproject.toml.
+from tests.support.hermes_tokenizer import build_hermes_tokenizer
+from tests.support.tiny_llama import build_tiny_llama
+from tests.support.triton_server import TritonServerFactory
+
+_FACTORY_KEY = pytest.StashKey[TritonServerFactory]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "integration: starts a real tritonserver (slower)")
+
+
+@pytest.fixture
+def triton_server_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """`start(model_repository, **TritonServer options) -> RunningServer`, ready; all stopped at teardown."""
+    factory = TritonServerFactory(tmp_path_factory.mktemp("triton-logs"))
+    request.node.stash[_FACTORY_KEY] = factory
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    factory = item.stash.get(_FACTORY_KEY, None)
+    if factory is not None and report.failed and factory.servers:
+        report.sections.append(("tritonserver log", factory.log_report()))
+    return report
+
+
+@pytest.fixture(scope="session")
+def hermes_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_hermes_tokenizer(tmp_path_factory.mktemp("hermes-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, hermes_tokenizer_dir: str) -> str:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), hermes_tokenizer_dir)
