@@ -1,0 +1,45 @@
+"""Example of a user tool module (see docs/tools.md). The weather here is MADE UP: a fixed table, no network.
+
+Offer it by putting this file next to the model's model.py (model_repository/function_calling_agent/1/) or on the
+model environment's PYTHONPATH, and listing it in the `tool_modules` parameter: `agent_tools.finance,my_weather_tools`.
+"""
+
+from typing import Literal
+
+from hermes_agent.tool_registry import ToolError, tool
+
+# Fixed sample data for the example; a real module would call a weather service here.
+_EXAMPLE_WEATHER_C = {
+    "paris": (18.0, "light rain"),
+    "tokyo": (24.5, "sunny"),
+    "new york": (21.0, "cloudy"),
+}
+
+
+@tool(timeout_s=2)
+def get_example_weather(city: str, unit: Literal["celsius", "fahrenheit"] = "celsius") -> dict:
+    """Get the (made-up, example) current weather of a city.
+
+    Args:
+        city: City name, e.g. Paris.
+        unit: Temperature unit of the answer.
+    """
+    entry = _EXAMPLE_WEATHER_C.get(city.strip().lower())
+    if entry is None:
+        raise ToolError(f"no example weather for {city!r}; known cities: {', '.join(sorted(_EXAMPLE_WEATHER_C))}")
+    celsius, conditions = entry
+    temperature = celsius if unit == "celsius" else celsius * 9 / 5 + 32
+    return {"city": city, "temperature": round(temperature, 1), "unit": unit, "conditions": conditions,
+            "note": "example data, not a real forecast"}
+
+
+@tool(name="convert_temperature")
+def convert(value: float, to_unit: Literal["celsius", "fahrenheit"]) -> dict:
+    """Convert a temperature between Celsius and Fahrenheit.
+
+    Args:
+        value: The temperature to convert, in the other unit.
+        to_unit: The unit to convert to.
+    """
+    converted = (value - 32) * 5 / 9 if to_unit == "celsius" else value * 9 / 5 + 32
+    return {"value": round(converted, 2), "unit": to_unit}
