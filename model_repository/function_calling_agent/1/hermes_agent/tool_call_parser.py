@@ -1,0 +1,211 @@
+"""Finding Hermes `<tool_call>` blocks in a stream of text deltas, and reading the JSON inside them.
+
+The parser is fed text as it is decoded. Text that cannot be the start of a `<tool_call>` is released at once; a
+suffix that could be (`<`, `<tool_c`, ...) is held back until the next delta decides. The result does not depend on
+how the stream was split.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from typing import Any, Optional
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+# Longer calls are refused without parsing: a model that rambles inside a call must not cost unbounded CPU.
+MAX_CALL_CHARS = 32_768
+
+
+def _held_suffix_len(text: str, marker: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `marker`."""
+    for n in range(min(len(text), len(marker) - 1), 0, -1):
+        if marker.startswith(text[-n:]):
+            return n
+    return 0
+
+
+class ToolCallParser:
+    """Splits one assistant turn into answer text and raw tool-call bodies."""
+
+    def __init__(self):
+        self._buffer = ""
+        self._in_call = False
+        self.calls: list[str] = []
+        self.unterminated = False
+        # Text after the first call of a turn (whitespace, stray `assistant` echoes) is not answer text.
+        self.text_after_calls = ""
+
+    @property
+    def saw_call(self) -> bool:
+        return bool(self.calls) or self._in_call
+
+    def feed(self, text: str) -> str:
+        """Adds a delta; returns the answer text that is now certain (never part of a tool tag or call)."""
+        self._buffer += text
+        answer: list[str] = []
+        while True:
+            if self._in_call:
+                end = self._buffer.find(TOOL_CALL_CLOSE)
+                if end < 0:
+                    break
+                self.calls.append(self._buffer[:end])
+                self._buffer = self._buffer[end + len(TOOL_CALL_CLOSE):]
+                self._in_call = False
+            else:
+                start = self._buffer.find(TOOL_CALL_OPEN)
+                stray = self._buffer.find(TOOL_CALL_CLOSE)
+                if 0 <= stray and (start < 0 or stray < start):
+                    # A closing tag with no opening one is markup, not answer text: drop it.
+                    self._release(self._buffer[:stray], answer)
+                    self._buffer = self._buffer[stray + len(TOOL_CALL_CLOSE):]
+                    continue
+                if start < 0:
+                    keep = max(_held_suffix_len(self._buffer, TOOL_CALL_OPEN),
+                               _held_suffix_len(self._buffer, TOOL_CALL_CLOSE))
+                    self._release(self._buffer[: len(self._buffer) - keep], answer)
+                    self._buffer = self._buffer[len(self._buffer) - keep:]
+                    break
+                self._release(self._buffer[:start], answer)
+                self._buffer = self._buffer[start + len(TOOL_CALL_OPEN):]
+                self._in_call = True
+        return "".join(answer)
+
+    def _release(self, text: str, answer: list[str]) -> None:
+        if self.saw_call:
+            self.text_after_calls += text
+        else:
+            answer.append(text)
+
+    def finish(self) -> str:
+        """Ends the turn. An unclosed `<tool_call>` still counts as a call (its body may be complete JSON)."""
+        rest, self._buffer = self._buffer, ""
+        if self._in_call:
+            self._in_call = False
+            self.unterminated = True
+            self.calls.append(rest)
+            return ""
+        answer: list[str] = []
+        self._release(rest, answer)
+        return "".join(answer)
+
+
+class ToolCallFormatError(ValueError):
+    """The body of a `<tool_call>` is not a call the agent can read. The message is written for the model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict
+
+
+def parse_tool_call(body: str) -> ToolCall:
+    """Reads `{"name": ..., "arguments": {...}}`. Tolerates single-quoted pseudo-JSON; never evaluates code."""
+    text = body.strip()
+    if not text:
+        raise ToolCallFormatError('the <tool_call> block is empty; write {"name": <tool name>, "arguments": {...}}')
+    if len(text) > MAX_CALL_CHARS:
+        raise ToolCallFormatError(f"the tool call is longer than {MAX_CALL_CHARS} characters")
+    value = _load_object(text)
+    if not isinstance(value, dict):
+        raise ToolCallFormatError('a tool call must be a JSON object like {"name": <tool name>, "arguments": {...}}')
+    name = value.get("name")
+    if not isinstance(name, str) or not name:
+        raise ToolCallFormatError('the tool call has no "name" string')
+    arguments: Any = value.get("arguments", value.get("parameters", {}))
+    if isinstance(arguments, str):
+        arguments = _load_object(arguments) if arguments.strip() else {}
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise ToolCallFormatError(f'"arguments" of the call to {name!r} must be a JSON object')
+    return ToolCall(name=name, arguments=arguments)
+
+
+def _load_object(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        json_error = exc
+    try:
+        # ast.literal_eval accepts only literals (Python-style quotes, True/None); it never runs code.
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    raise ToolCallFormatError(
+        f"the tool call is not valid JSON ({json_error.msg} at line {json_error.lineno} column {json_error.colno}); "
+        'write {"name": <tool name>, "arguments": {...}} with double-quoted keys and strings'
+    )
+
+
+def canonical_arguments(arguments: dict) -> str:
+    return json.dumps(arguments, ensure_ascii=False, separators=(", ", ": "))
+
+
+class AnswerStream:
+    """Turns the answer text of successive turns into client deltas.
+
+    Whitespace at the very start is dropped; trailing whitespace is held until more text follows (so the newline
+    before a `<tool_call>` never reaches the client); text continuing after a tool round is separated by a blank
+    line; the first stop word ends the answer and is not included.
+    """
+
+    SEPARATOR = "\n\n"
+
+    def __init__(self, stop_words: tuple[str, ...] = ()):
+        self._stop_words = tuple(w for w in stop_words if w)
+        self._pending = ""
+        self._needs_separator = False
+        self._parts: list[str] = []
+        self.stopped_by: Optional[str] = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def push(self, text: str) -> str:
+        if self.stopped_by is not None or not text:
+            return ""
+        self._pending += text
+        if not self._parts:
+            self._pending = self._pending.lstrip()
+        hit = self._first_stop_word()
+        if hit is not None:
+            index, word = hit
+            self.stopped_by = word
+            out = self._pending[:index].rstrip()
+            self._pending = ""
+            return self._emit(out)
+        held = max([_held_suffix_len(self._pending, w) for w in self._stop_words] + [0])
+        safe = self._pending[: len(self._pending) - held]
+        safe_stripped = safe.rstrip()
+        self._pending = self._pending[len(safe_stripped):]
+        return self._emit(safe_stripped)
+
+    def end_turn(self) -> str:
+        """The turn ended in tool calls (or the answer ended): flush what was held, minus trailing whitespace."""
+        out = self._pending.rstrip() if self.stopped_by is None else ""
+        self._pending = ""
+        delta = self._emit(out)
+        if self._parts:
+            self._needs_separator = True
+        return delta
+
+    def _emit(self, text: str) -> str:
+        if not text:
+            return ""
+        if self._needs_separator:
+            text = self.SEPARATOR + text.lstrip()
+            self._needs_separator = False
+        self._parts.append(text)
+        return text
+
+    def _first_stop_word(self):
+        best = None
+        for word in self._stop_words:
+            index = self._pending.find(word)
+            if index >= 0 and (best is None or index < best[0]):
+                best = (index, word)
+        return best
