@@ -1,0 +1,100 @@
+"""Put the scripted `tensorrt_llm` engine (tests/models/scripted_engine) into a model repository.
+
+    engine_dir = make_scripted_engine(repo, {"scenarios": [...], "default_turns": ["Hi."]}, tokenizer_dir,
+                                      token_latency_ms=5)
+    ...
+    read_request_log(engine_dir)  # the engine's requests.jsonl, one dict per line
+
+The script is written to `<engine_dir>/script.json`; the engine re-reads it when it changes, so
+`write_script(engine_dir, script)` re-scripts a running server. The request log lives in `state_dir`
+(default `<engine_dir>/state`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sys
+import types
+from pathlib import Path
+from typing import Optional
+
+SCRIPTED_ENGINE_SOURCE = Path(__file__).resolve().parent.parent / "models" / "scripted_engine"
+SCRIPT_FILE = "script.json"
+REQUEST_LOG = "requests.jsonl"
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+
+
+def make_scripted_engine(
+    repo_dir: str | os.PathLike,
+    script: dict,
+    tokenizer_dir: str | os.PathLike,
+    *,
+    model_name: str = "tensorrt_llm",
+    token_latency_ms: float = 0,
+    prefill_latency_ms_per_token: float = 0,
+    state_dir: Optional[str | os.PathLike] = None,
+    instance_count: int = 1,
+) -> Path:
+    """Copies the engine into `repo_dir/model_name`, fills its config and writes the script; returns that folder."""
+    engine_dir = Path(repo_dir) / model_name
+    if engine_dir.exists():
+        raise FileExistsError(f"{engine_dir} already exists")
+    shutil.copytree(SCRIPTED_ENGINE_SOURCE, engine_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    write_script(engine_dir, script)
+    values = {
+        "script_path": str((engine_dir / SCRIPT_FILE).resolve()),
+        "tokenizer_dir": str(Path(tokenizer_dir).resolve()),
+        "token_latency_ms": str(token_latency_ms),
+        "prefill_latency_ms_per_token": str(prefill_latency_ms_per_token),
+        "state_dir": str(Path(state_dir).resolve() if state_dir is not None else (engine_dir / "state").resolve()),
+        "instance_count": str(int(instance_count)),
+    }
+    config_path = engine_dir / "config.pbtxt"
+    template = config_path.read_text(encoding="utf-8")
+    names = set(_PLACEHOLDER.findall(template))
+    if names != set(values):
+        raise ValueError(f"scripted engine placeholders {sorted(names)} != filled values {sorted(values)}")
+    config_path.write_text(_PLACEHOLDER.sub(lambda m: values[m.group(1)], template), encoding="utf-8")
+    return engine_dir
+
+
+def write_script(engine_dir: str | os.PathLike, script: dict) -> None:
+    """Validates `script` with the engine's own parser and (re)writes it atomically."""
+    completion_script_module().CompletionScript.from_dict(script)
+    path = Path(engine_dir) / SCRIPT_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(script, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def state_dir_of(engine_dir: str | os.PathLike) -> Path:
+    """The state_dir the engine's filled config names."""
+    config = (Path(engine_dir) / "config.pbtxt").read_text(encoding="utf-8")
+    match = re.search(r'key: "state_dir" value: \{ string_value: "([^"]*)" \}', config)
+    if not match:
+        raise ValueError(f"{engine_dir}: no state_dir parameter in config.pbtxt")
+    return Path(match.group(1))
+
+
+def read_request_log(engine_dir: str | os.PathLike) -> list[dict]:
+    """Entries of the engine's requests.jsonl: `event` start/end/stop, request_id, turn, scenario, end, ..."""
+    path = state_dir_of(engine_dir) / REQUEST_LOG
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@functools.lru_cache(maxsize=None)
+def completion_script_module() -> types.ModuleType:
+    """The engine's Triton-free completion_script.py, imported by path (it sits beside model.py, not in a package)."""
+    name = "scripted_engine_completion_script"
+    spec = importlib.util.spec_from_file_location(name, SCRIPTED_ENGINE_SOURCE / "1" / "completion_script.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
