@@ -1,0 +1,452 @@
+"""Assemble a deployable Triton model repository for one profile and fill every `${name}` placeholder in it.
+
+Profiles:
+  cpu  ours only: model_repository/function_calling_agent, and model_repository/tensorrt_llm_cpu copied into the
+       `tensorrt_llm` slot (the agent calls its engine by that name on both profiles).
+  gpu  the stock `inflight_batcher_llm` models of the pinned TensorRT-LLM release (--stock-dir, fetched at deploy time
+       by deploy/fetch_stock_models.sh, never committed) plus our function_calling_agent.
+
+Values come from, lowest first: the profile's defaults < a values file (--values; JSON object or KEY=VALUE lines) <
+`--set key=value`. The fill is strict: a placeholder with no value is an error that names it and its template; a key
+given in a values file or with --set that no template uses is an error too, so a typo never passes silently. Profile
+defaults a template does not use are fine (the gpu defaults cover optional variables of neighbouring releases, such as
+`prompt_embedding_table_data_type`, added to the stock templates after 1.0). Placeholders inside `#` comments are
+left as they are: Triton never reads comments (the stock templates keep a commented-out `${enable_trt_overlap}`).
+
+Empty values (gpu): the stock `fill_template.py` substitutes with `string.Template.safe_substitute`, so a variable it
+is not given stays in the file as the literal `${name}`, and the backends treat that literal as "not set". It never
+writes an empty value on its own, but it writes one whenever it is handed `key:` (the stock CI does this, e.g.
+`sink_token_length:`). We must leave no `${...}`, so "not set" is written as the empty string, and only for
+parameters whose readers treat "" exactly like the literal: every `parameters { string_value }` read by the TensorRT-LLM
+C++ backend in a try/catch (an empty number or bool fails to parse and falls back to the default; an empty
+encoder_model_path fails the exists() check like the literal; gpu_device_ids/participant_ids split into an empty list;
+guided_decoding_backend/xgrammar_tokenizer_info_path are tested with `.empty()`), the BLS parameters (its
+`get_valid_param_value` maps "" and `${...}` to the same default) and preprocessing's multimodal_model_path /
+max_num_images (checked for "" / isdigit). Structural fields (max_batch_size, data types, decoupled, instance
+counts, queue settings) always get real values, and so does every parameter whose backend default we rely on.
+
+Every generated config.pbtxt is parsed with Triton's ModelConfig proto (tritonclient.grpc.model_config_pb2), its
+`name` is set to its folder, and models it names (ensemble steps, `tensorrt_llm_model_name`) must be in the repository.
+
+CLI: python -m deploy.configure_repository --profile cpu|gpu --output DIR [--stock-dir DIR] [--values FILE]
+                                          [--set key=value ...] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+
+AGENT_MODEL = "function_calling_agent"
+ENGINE_MODEL = "tensorrt_llm"
+CPU_ENGINE_SOURCE = "tensorrt_llm_cpu"
+STOCK_MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls")
+CONFIG_FILE = "config.pbtxt"
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_STRING_LITERAL = re.compile(r"\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*'")
+_NAME_STATEMENT = re.compile(r"^(\s*name\s*:\s*)(\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*')(\s*)$")
+
+_AGENT_DEFAULTS = {
+    "agent_instance_count": "1",
+    "tool_modules": "agent_tools.finance",
+}
+
+CPU_DEFAULTS: Mapping[str, str] = {
+    **_AGENT_DEFAULTS,
+    # One number for both models: the agent mirrors the ensemble/BLS client contract, which needs max_batch_size > 0.
+    "triton_max_batch_size": "64",
+    "engine_instance_count": "1",
+    "max_context_tokens": "4096",
+    # tokenizer_dir and model_dir have no default: the caller passes the checkpoint directory.
+}
+
+# Every variable of the TensorRT-LLM 1.0.0 inflight_batcher_llm templates (deploy/versions.env), valued for the agent.
+# tokenizer_dir has no default: it is the Hugging Face checkpoint directory the engine was built from.
+GPU_DEFAULTS: Mapping[str, str] = {
+    **_AGENT_DEFAULTS,
+    "max_context_tokens": "8192",  # the engine's max_seq_len (engine_build/build_engine.sh)
+    "triton_max_batch_size": "64",  # the engine's max_batch_size
+    # tensorrt_llm: structure
+    "triton_backend": "tensorrtllm",
+    "decoupled_mode": "true",  # streaming, and the agent calls the engine with exec(decoupled=True)
+    "batching_strategy": "inflight_fused_batching",
+    # The in-flight batcher admits new requests every iteration; holding them back only adds latency to each turn.
+    "max_queue_delay_microseconds": "0",
+    "max_queue_size": "0",  # Triton: 0 = unbounded
+    "engine_dir": "/engines/Hermes-2-Pro-Llama-3-8B/bfloat16-tp1-bs64-seq8192-in7168",  # build_engine.sh default
+    "logits_datatype": "TYPE_FP32",
+    "encoder_input_features_data_type": "TYPE_FP16",
+    "prompt_embedding_table_data_type": "TYPE_FP16",  # templates after 1.0 only
+    # tensorrt_llm: runtime
+    "max_beam_width": "1",
+    "decoding_mode": "top_k_top_p",
+    "batch_scheduler_policy": "guaranteed_no_evict",
+    "kv_cache_free_gpu_mem_fraction": "0.85",
+    "enable_kv_cache_reuse": "true",  # agent turns share the system prompt and all earlier turns; needs paged context FMHA
+    "enable_chunked_context": "true",  # 8k prompts; the engine is built with use_paged_context_fmha
+    "exclude_input_in_output": "true",  # responses carry only new tokens
+    "kv_cache_onboard_blocks": "true",
+    "kv_cache_host_memory_bytes": "0",
+    "normalize_log_probs": "true",
+    "multi_block_mode": "true",
+    "enable_context_fmha_fp32_acc": "false",
+    "cuda_graph_mode": "false",
+    "cuda_graph_cache_size": "0",
+    "enable_trt_overlap": "false",  # commented out in later templates
+    "gpu_weights_percent": "1.0",
+    "num_nodes": "1",
+    "cancellation_check_period_ms": "100",
+    "stats_check_period_ms": "100",
+    "iter_stats_max_iterations": "1000",
+    "request_stats_max_iterations": "0",
+    "speculative_decoding_fast_logits": "false",
+    "lora_cache_optimal_adapter_size": "8",
+    "lora_cache_max_adapter_size": "64",
+    "lora_cache_gpu_memory_fraction": "0.05",
+    "lora_cache_host_memory_bytes": "1073741824",
+    # tensorrt_llm: not set (see the module docstring for why "" is safe for each)
+    "max_tokens_in_paged_kv_cache": "",  # bounded by kv_cache_free_gpu_mem_fraction instead
+    "max_attention_window_size": "",  # = max_seq_len
+    "sink_token_length": "",
+    "cross_kv_cache_fraction": "",  # encoder-decoder models only; must stay unset for a decoder-only engine
+    "encoder_engine_dir": "",
+    "gpu_device_ids": "",  # all visible GPUs
+    "participant_ids": "",
+    "lora_prefetch_dir": "",
+    "medusa_choices": "",
+    "eagle_choices": "",
+    "lookahead_window_size": "",  # read only with decoding_mode lookahead
+    "lookahead_ngram_size": "",
+    "lookahead_verification_set_size": "",
+    "guided_decoding_backend": "",
+    "xgrammar_tokenizer_info_path": "",
+    # preprocessing / postprocessing / tensorrt_llm_bls (ensemble and BLS stay available as baselines)
+    "preprocessing_instance_count": "4",
+    "postprocessing_instance_count": "4",
+    "bls_instance_count": "8",
+    "add_special_tokens": "true",
+    "skip_special_tokens": "true",
+    "accumulate_tokens": "false",
+    "tensorrt_llm_model_name": ENGINE_MODEL,
+    "tensorrt_llm_draft_model_name": "",
+    "multimodal_encoders_name": "",
+    "multimodal_model_path": "",
+    "max_num_images": "",
+}
+
+
+class ConfigureError(Exception):
+    """The repository could not be assembled; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    folder: Path  # the model folder to copy (holds config.pbtxt)
+    target: str  # its folder name in the generated repository
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    defaults: Mapping[str, str]
+    uses_stock_models: bool
+
+    def sources(self, model_repository: Path, stock_dir: Path | None) -> list[ModelSource]:
+        agent = ModelSource(model_repository / AGENT_MODEL, AGENT_MODEL)
+        if not self.uses_stock_models:
+            return [agent, ModelSource(model_repository / CPU_ENGINE_SOURCE, ENGINE_MODEL)]
+        assert stock_dir is not None
+        return [ModelSource(stock_dir / name, name) for name in STOCK_MODELS] + [agent]
+
+
+PROFILES: Mapping[str, Profile] = {
+    "cpu": Profile("cpu", CPU_DEFAULTS, uses_stock_models=False),
+    "gpu": Profile("gpu", GPU_DEFAULTS, uses_stock_models=True),
+}
+
+
+@dataclass(frozen=True)
+class _Template:
+    source: Path  # where the template came from (named in errors)
+    copy: Path  # the config.pbtxt inside the staging repository
+    target: str
+    placeholders: frozenset[str]
+
+
+def _split_comment(line: str) -> tuple[str, str]:
+    """(code, comment) of one pbtxt line: a `#` outside a string literal starts a comment."""
+    quote = None
+    escaped = False
+    for index, char in enumerate(line):
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = None
+        elif char in "\"'":
+            quote = char
+        elif char == "#":
+            return line[:index], line[index:]
+    return line, ""
+
+
+def find_placeholders(text: str, source: Path | str = "<text>") -> frozenset[str]:
+    """Names of the `${name}` placeholders outside comments; a malformed `${` is an error."""
+    names = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        code, _ = _split_comment(line)
+        for start in (m.start() for m in re.finditer(r"\$\{", code)):
+            match = _PLACEHOLDER.match(code, start)
+            if match is None:
+                raise ConfigureError(f"{source}:{number}: malformed placeholder near {code[start:start + 40]!r}")
+            names.add(match.group(1))
+    return frozenset(names)
+
+
+def fill_placeholders(text: str, values: Mapping[str, str]) -> str:
+    """Replace every `${name}` outside comments; every name must be in `values`."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\r\n")
+        ending = line[len(body):]
+        code, comment = _split_comment(body)
+        out.append(_PLACEHOLDER.sub(lambda m: values[m.group(1)], code) + comment + ending)
+    return "".join(out)
+
+
+def _render(key: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if not isinstance(value, str):
+        raise ConfigureError(f"value of {key!r} must be a string, number or bool, not {type(value).__name__}")
+    if "\n" in value or "\r" in value:
+        raise ConfigureError(f"value of {key!r} must be a single line")
+    if "${" in value:
+        raise ConfigureError(f"value of {key!r} must not contain '${{': {value!r}")
+    return value
+
+
+def _check_key(key: str, origin: str) -> str:
+    if not _KEY.match(key):
+        raise ConfigureError(f"{origin}: {key!r} is not a valid variable name")
+    return key
+
+
+def load_values_file(path: str | Path) -> dict[str, str]:
+    """A JSON object, or KEY=VALUE lines (blank lines and `#` comments skipped)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigureError(f"cannot read values file {path}: {exc}") from exc
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigureError(f"{path}: not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigureError(f"{path}: must hold a JSON object of variable names to values")
+        return {_check_key(k, str(path)): _render(k, v) for k, v in data.items()}
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigureError(f"{path}:{number}: expected KEY=VALUE, got {raw!r}")
+        if key in values:
+            raise ConfigureError(f"{path}:{number}: {key!r} is set twice")
+        values[_check_key(key, f"{path}:{number}")] = _render(key, value)
+    return values
+
+
+def parse_set_arguments(pairs: Sequence[str]) -> dict[str, str]:
+    """`key=value` strings (from --set) as a dict; a later key wins."""
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigureError(f"--set expects key=value, got {pair!r}")
+        values[_check_key(key.strip(), "--set")] = _render(key, value)
+    return values
+
+
+def parse_model_config(text: str, source: Path | str):
+    """The text as a Triton `ModelConfig` message; a parse error names the file."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as exc:
+        raise ConfigureError(f"parsing model configs needs tritonclient[grpc]: {exc}") from exc
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ConfigureError(f"{source}: not a valid Triton model config: {exc}") from exc
+
+
+def _with_model_name(text: str, name: str, source: Path) -> str:
+    """Set the top-level `name:` to `name`, adding it after the leading comment block when absent."""
+    lines = text.splitlines(keepends=True)
+    depth = 0
+    for index, line in enumerate(lines):
+        code, _ = _split_comment(line.rstrip("\r\n"))
+        if depth == 0:
+            match = _NAME_STATEMENT.match(code)
+            if match:
+                ending = line[len(line.rstrip("\r\n")):]
+                lines[index] = f'{match.group(1)}"{name}"{match.group(3)}{ending}'
+                return "".join(lines)
+        stripped = _STRING_LITERAL.sub("", code)
+        depth += stripped.count("{") + stripped.count("[") - stripped.count("}") - stripped.count("]")
+    if parse_model_config(text, source).name:
+        raise ConfigureError(f"{source}: cannot find its top-level `name:` line to set it to {name!r}")
+    header = 0
+    while header < len(lines) and (not lines[header].strip() or lines[header].lstrip().startswith("#")):
+        header += 1
+    return "".join(lines[:header] + [f'name: "{name}"\n'] + lines[header:])
+
+
+def _referenced_models(config) -> set[str]:
+    names = {step.model_name for step in config.ensemble_scheduling.step}
+    if "tensorrt_llm_model_name" in config.parameters:
+        value = config.parameters["tensorrt_llm_model_name"].string_value
+        if value:
+            names.add(value)
+    return names
+
+
+def _copy_models(sources: Sequence[ModelSource], staging: Path) -> list[_Template]:
+    templates = []
+    for source in sources:
+        config = source.folder / CONFIG_FILE
+        if not config.is_file():
+            raise ConfigureError(f"missing model template: {config}")
+        destination = staging / source.target
+        if destination.exists():
+            raise ConfigureError(f"two sources for the model folder {source.target!r}")
+        shutil.copytree(source.folder, destination, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        text = config.read_text(encoding="utf-8")
+        templates.append(_Template(config, destination / CONFIG_FILE, source.target, find_placeholders(text, config)))
+    return templates
+
+
+def _check_values(templates: Sequence[_Template], defaults: Mapping[str, str], user_values: Mapping[str, str]):
+    used = set().union(*(t.placeholders for t in templates))
+    values = {**defaults, **user_values}
+    problems = []
+    missing: dict[str, list[str]] = {}
+    for template in templates:
+        for name in sorted(template.placeholders - values.keys()):
+            missing.setdefault(name, []).append(str(template.source))
+    for name, files in sorted(missing.items()):
+        problems.append(f"no value for ${{{name}}} (used in {', '.join(files)}): pass --set {name}=VALUE")
+    for key in sorted(user_values.keys() - used):
+        hint = difflib.get_close_matches(key, sorted(used), n=1)
+        problems.append(f"no template uses {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    if problems:
+        raise ConfigureError("cannot fill the templates:\n  " + "\n  ".join(problems))
+    return values
+
+
+def configure(
+    profile: str,
+    output: str | Path,
+    values: Mapping[str, object],
+    stock_dir: str | Path | None = None,
+    *,
+    model_repository: str | Path = MODEL_REPOSITORY,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write the filled repository for `profile` to `output`; return its config.pbtxt paths (sorted by model).
+
+    `values` are the caller's (values file and --set): they override the profile defaults and must all be used.
+    """
+    if profile not in PROFILES:
+        raise ConfigureError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    chosen = PROFILES[profile]
+    if chosen.uses_stock_models and stock_dir is None:
+        raise ConfigureError(f"the {profile} profile needs --stock-dir (the stock inflight_batcher_llm folder)")
+    if not chosen.uses_stock_models and stock_dir is not None:
+        raise ConfigureError(f"--stock-dir is only for the gpu profile, not {profile!r}")
+    user_values = {_check_key(k, "values"): _render(k, v) for k, v in values.items()}
+    output = Path(output).resolve()
+    if output.exists() and not (output.is_dir() and not any(output.iterdir())) and not overwrite:
+        raise ConfigureError(f"{output} exists and is not empty (use --force to replace it)")
+    sources = chosen.sources(Path(model_repository), Path(stock_dir) if stock_dir is not None else None)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
+        templates = _copy_models(sources, staging)
+        filled_values = _check_values(templates, chosen.defaults, user_values)
+        configs = {}
+        for template in templates:
+            text = fill_placeholders(template.copy.read_text(encoding="utf-8"), filled_values)
+            text = _with_model_name(text, template.target, template.source)
+            config = parse_model_config(text, template.source)
+            if config.name != template.target:
+                raise ConfigureError(f"{template.source}: name is {config.name!r}, expected {template.target!r}")
+            template.copy.write_text(text, encoding="utf-8")
+            configs[template.target] = (template, config)
+        for target, (template, config) in configs.items():
+            unknown = sorted(_referenced_models(config) - configs.keys())
+            if unknown:
+                raise ConfigureError(f"{template.source} refers to models not in the repository: {', '.join(unknown)}")
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return sorted(output / target / CONFIG_FILE for target in configs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.configure_repository",
+        description="Assemble and fill a Triton model repository for the cpu or gpu profile.",
+    )
+    parser.add_argument("--profile", required=True, choices=sorted(PROFILES))
+    parser.add_argument("--output", required=True, help="directory to write the repository to")
+    parser.add_argument("--stock-dir", help="gpu: the stock triton_backend/all_models/inflight_batcher_llm folder")
+    parser.add_argument("--values", help="values file: a JSON object or KEY=VALUE lines")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="set one variable (repeatable; wins over --values)")
+    parser.add_argument("--model-repository", default=str(MODEL_REPOSITORY), help="where our model templates live")
+    parser.add_argument("--force", action="store_true", help="replace --output if it exists")
+    args = parser.parse_args(argv)
+    try:
+        values = load_values_file(args.values) if args.values else {}
+        values.update(parse_set_arguments(args.sets))
+        written = configure(args.profile, args.output, values, args.stock_dir,
+                            model_repository=args.model_repository, overwrite=args.force)
+    except ConfigureError as exc:
+        print(f"configure_repository: error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

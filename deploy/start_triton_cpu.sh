@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The triton-cpu service of the cpu profile (docker-compose.yml), inside the image from deploy/Dockerfile.cpu:
+# download the checkpoint once, fill the cpu repository (our agent + the CPU engine as `tensorrt_llm`), and run the
+# CPU tritonserver from the nvidia-pytriton wheel in the foreground (deploy/triton_launcher.py).
+#
+# Environment: HF_MODEL (default NousResearch/Hermes-2-Pro-Llama-3-8B), HF_REVISION (main), CHECKPOINT_DIR
+# (/checkpoints/<model name>), MODEL_REPOSITORY_DIR (/tmp/model_repository), CONFIGURE_VALUES (optional values
+# file), HTTP_PORT/GRPC_PORT/METRICS_PORT (8000/8001/8002). HF_TOKEN is honoured for gated models.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$(dirname "$here")"
+
+model="${HF_MODEL:-NousResearch/Hermes-2-Pro-Llama-3-8B}"
+checkpoint_dir="${CHECKPOINT_DIR:-/checkpoints/$(basename "$model")}"
+repository="${MODEL_REPOSITORY_DIR:-/tmp/model_repository}"
+
+"$here/download_checkpoint.sh" "$model" "$checkpoint_dir" "${HF_REVISION:-main}"
+
+configure_args=(--profile cpu --output "$repository" --force)
+[[ -n "${CONFIGURE_VALUES:-}" ]] && configure_args+=(--values "$CONFIGURE_VALUES")
+python -m deploy.configure_repository "${configure_args[@]}" \
+    --set "tokenizer_dir=$checkpoint_dir" \
+    --set "model_dir=$checkpoint_dir"
+
+exec python -m deploy.triton_launcher --model-repository "$repository" --host 0.0.0.0 \
+    --http-port "${HTTP_PORT:-8000}" --grpc-port "${GRPC_PORT:-8001}" --metrics-port "${METRICS_PORT:-8002}"

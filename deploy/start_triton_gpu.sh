@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The triton service of the gpu profile (docker-compose.yml), inside the image from deploy/Dockerfile:
+# fetch the pinned stock models, fill the repository for this engine, and run tritonserver in the foreground.
+#
+# Environment: CHECKPOINT_DIR (tokenizer), ENGINE_DIR (from the engine-build service) are required;
+# TP_SIZE (default 1), MAX_BATCH_SIZE (64), MAX_SEQ_LEN (8192), TRTLLM_SOURCES_DIR (/trtllm-sources),
+# MODEL_REPOSITORY_DIR (/tmp/model_repository), CONFIGURE_VALUES (an optional values file for configure_repository),
+# HTTP_PORT/GRPC_PORT/METRICS_PORT (8000/8001/8002).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$(dirname "$here")"
+
+: "${CHECKPOINT_DIR:?set CHECKPOINT_DIR to the Hugging Face checkpoint (tokenizer) directory}"
+: "${ENGINE_DIR:?set ENGINE_DIR to the TensorRT-LLM engine directory}"
+tp_size="${TP_SIZE:-1}"
+repository="${MODEL_REPOSITORY_DIR:-/tmp/model_repository}"
+
+[[ -f "$ENGINE_DIR/config.json" ]] || {
+    echo "start_triton_gpu: error: no engine in $ENGINE_DIR: run the engine-build service first" >&2
+    exit 1
+}
+
+stock="$("$here/fetch_stock_models.sh" "${TRTLLM_SOURCES_DIR:-/trtllm-sources}" | tail -n 1)"
+configure_args=(
+    --profile gpu
+    --stock-dir "$stock/triton_backend/all_models/inflight_batcher_llm"
+    --output "$repository" --force
+)
+[[ -n "${CONFIGURE_VALUES:-}" ]] && configure_args+=(--values "$CONFIGURE_VALUES")
+python3 -m deploy.configure_repository "${configure_args[@]}" \
+    --set "tokenizer_dir=$CHECKPOINT_DIR" \
+    --set "engine_dir=$ENGINE_DIR" \
+    --set "triton_max_batch_size=${MAX_BATCH_SIZE:-64}" \
+    --set "max_context_tokens=${MAX_SEQ_LEN:-8192}"
+
+endpoints=(--http-port "${HTTP_PORT:-8000}" --grpc-port "${GRPC_PORT:-8001}" --metrics-port "${METRICS_PORT:-8002}")
+if [[ "$tp_size" == 1 ]]; then
+    exec tritonserver --model-repository="$repository" --backend-config=python,thread-pool-size=128 "${endpoints[@]}"
+fi
+
+# Tensor parallel: one tritonserver per rank under MPI (leader mode). Rank 0 serves every model and the endpoints;
+# the other ranks load only the engine and join its MPI world.
+command=(mpirun --allow-run-as-root)
+for ((rank = 0; rank < tp_size; rank++)); do
+    ((rank > 0)) && command+=(:)
+    command+=(-n 1 tritonserver --model-repository="$repository" --disable-auto-complete-config
+              "--backend-config=python,shm-region-prefix-name=prefix${rank}_")
+    if ((rank == 0)); then
+        command+=(--backend-config=python,thread-pool-size=128 "${endpoints[@]}")
+    else
+        command+=(--model-control-mode=explicit --load-model=tensorrt_llm
+                  --allow-http=false --allow-grpc=false --allow-metrics=false)
+    fi
+done
+exec "${command[@]}"
