@@ -1,0 +1,168 @@
+"""The agent's EngineClient over Triton BLS calls to a model that speaks the `tensorrt_llm` contract.
+
+`pb_utils` (the Python backend's module) is passed in, so this file stays importable without Triton.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, Iterable, Optional
+
+import numpy as np
+
+from hermes_agent.client_request import SAMPLING_ENGINE_INPUTS
+from hermes_agent.engine import EngineError, EngineRequest, EngineTurnStats
+
+_END = object()
+_OUTPUTS = ("output_ids", "prefix_reused_tokens")
+
+
+def words_tensor(words: Iterable[Iterable[int]]) -> np.ndarray:
+    """TRT-LLM word-list format [1, 2, L]: concatenated ids, then cumulative end offsets padded with -1."""
+    flat: list[int] = []
+    offsets: list[int] = []
+    for word in words:
+        flat.extend(word)
+        offsets.append(len(flat))
+    width = max(len(flat), 1)
+    array = np.full((1, 2, width), -1, dtype=np.int32)
+    array[0, 0, :] = 0
+    array[0, 0, : len(flat)] = flat
+    array[0, 1, : len(offsets)] = offsets
+    return array
+
+
+class BlsEngineClient:
+    def __init__(self, pb_utils, model_name: str, declared_inputs: Iterable[str],
+                 declared_outputs: Iterable[str] = ("output_ids",), *, stop_timeout_s: float = 5.0, logger=None):
+        self._pb = pb_utils
+        self.model_name = model_name
+        self.declared = frozenset(declared_inputs)
+        self.outputs = [n for n in _OUTPUTS if n in set(declared_outputs) | {"output_ids"}]
+        missing = {"input_ids", "input_lengths", "request_output_len"} - self.declared
+        if missing:
+            raise ValueError(f"engine model {model_name!r} lacks required inputs {sorted(missing)}")
+        self.supports_bad_words = "bad_words_list" in self.declared
+        self.stop_timeout_s = stop_timeout_s
+        self._logger = logger
+        self.draining = 0  # streams being drained in the background after an early exit
+
+    def _tensor(self, name: str, value: Any, dtype) -> Any:
+        return self._pb.Tensor(name, np.array(value, dtype=dtype))
+
+    def _inputs(self, request: EngineRequest) -> list:
+        ids = np.asarray(request.prompt_ids, dtype=np.int32).reshape(1, -1)
+        tensors = [
+            self._pb.Tensor("input_ids", ids),
+            self._tensor("input_lengths", [[ids.shape[1]]], np.int32),
+            self._tensor("request_output_len", [[request.max_tokens]], np.int32),
+        ]
+        optional = {
+            "end_id": ([[request.end_id]], np.int32),
+            "pad_id": ([[request.pad_id]], np.int32),
+            "streaming": ([[True]], np.bool_),
+            "exclude_input_in_output": ([[True]], np.bool_),
+            "return_perf_metrics": ([[True]], np.bool_),
+        }
+        for name, (value, dtype) in optional.items():
+            if name in self.declared:
+                tensors.append(self._tensor(name, value, dtype))
+        dtypes = {"top_k": np.int32, "random_seed": np.uint64}
+        for client_name, value in request.sampling.given().items():
+            engine_name = next(n for n in SAMPLING_ENGINE_INPUTS[client_name] if n in self.declared)
+            tensors.append(self._tensor(engine_name, [[value]], dtypes.get(client_name, np.float32)))
+        if request.bad_words and self.supports_bad_words:
+            tensors.append(self._pb.Tensor("bad_words_list", words_tensor(request.bad_words)))
+        return tensors
+
+    async def generate(self, request: EngineRequest, stats: EngineTurnStats):
+        if "streaming" not in self.declared:
+            raise EngineError(f"engine model {self.model_name!r} does not declare a streaming input")
+        infer = self._pb.InferenceRequest(
+            model_name=self.model_name, inputs=self._inputs(request),
+            requested_output_names=self.outputs,
+            request_id=request.request_id,
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            responses = await infer.async_exec(decoupled=True)
+        except Exception as exc:
+            raise EngineError(f"engine model {self.model_name!r} could not be called: {exc}") from exc
+        iterator = iter(responses)
+        exhausted = False
+        try:
+            while True:
+                response = await loop.run_in_executor(None, next, iterator, _END)
+                if response is _END:
+                    exhausted = True
+                    return
+                if response.has_error():
+                    raise EngineError(f"engine model {self.model_name!r} failed: {response.error().message()}")
+                ids = self._pb.get_output_tensor_by_name(response, "output_ids")
+                if ids is None:  # a trailing empty FINAL response
+                    continue
+                self._read_stats(response, stats)
+                array = ids.as_numpy()
+                # Streaming responses hold only the new ids: [batch, beam, new] with one beam.
+                flat = array[0, 0] if array.ndim == 3 else array.reshape(-1)
+                if flat.size:
+                    yield flat.tolist()
+        finally:
+            if not exhausted:
+                self._drain_in_background(iterator, request.request_id)
+
+    def _read_stats(self, response, stats: EngineTurnStats) -> None:
+        reused = self._pb.get_output_tensor_by_name(response, "prefix_reused_tokens")
+        if reused is not None:
+            stats.reused_prompt_tokens = int(reused.as_numpy().reshape(-1)[0])
+
+    def _drain_in_background(self, iterator, request_id: str) -> None:
+        """Consumes what is left of an abandoned stream so the engine's responses are released, within a bound."""
+        self.draining += 1
+        deadline = time.monotonic() + self.stop_timeout_s
+
+        def drain():
+            try:
+                for _ in iterator:
+                    if time.monotonic() > deadline:
+                        self._log_warn(f"engine stream {request_id} still open {self.stop_timeout_s:g} s after stop")
+                        break
+            except Exception:
+                pass
+            finally:
+                self.draining -= 1
+
+        threading.Thread(target=drain, name=f"drain:{request_id}", daemon=True).start()
+
+    async def stop(self, request_id: str) -> None:
+        """TRT-LLM's stop request: same request id, `stop=true`, dummy inputs (2.51's iterator has no cancel())."""
+        if "stop" not in self.declared:
+            return
+        infer = self._pb.InferenceRequest(
+            model_name=self.model_name,
+            inputs=[
+                self._tensor("input_ids", [[0]], np.int32),
+                self._tensor("input_lengths", [[1]], np.int32),
+                self._tensor("request_output_len", [[0]], np.int32),
+                self._tensor("stop", [[True]], np.bool_),
+            ],
+            requested_output_names=["output_ids"],
+            request_id=request_id,
+        )
+
+        def send():
+            for response in infer.exec(decoupled=True):
+                if response.has_error():
+                    self._log_warn(f"stop request for {request_id} failed: {response.error().message()}")
+
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, send), self.stop_timeout_s)
+        except Exception as exc:
+            self._log_warn(f"stop request for {request_id} did not complete: {exc}")
+
+    def _log_warn(self, message: str) -> None:
+        if self._logger is not None:
+            self._logger.log_warn(message)
+

@@ -1,0 +1,275 @@
+"""Client inputs of function_calling_agent, turned into typed values in one place.
+
+Every problem a client can fix raises `InvalidRequest` with a message that says what to change; the adapter answers
+it with Triton's INVALID_ARG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .engine import SamplingParams
+
+
+class InvalidRequest(ValueError):
+    pass
+
+
+# Client input name -> the tensorrt_llm input that carries it (TRT-LLM 1.x renamed random_seed to seed).
+SAMPLING_ENGINE_INPUTS = {
+    "temperature": ("temperature",),
+    "top_k": ("runtime_top_k",),
+    "top_p": ("runtime_top_p",),
+    "random_seed": ("random_seed", "seed"),
+    "repetition_penalty": ("repetition_penalty",),
+    "presence_penalty": ("presence_penalty",),
+    "frequency_penalty": ("frequency_penalty",),
+}
+
+_EXPECTED = {
+    "text_input": np.object_, "max_tokens": np.int32, "stream": np.bool_, "temperature": np.float32,
+    "top_k": np.int32, "top_p": np.float32, "random_seed": np.uint64, "repetition_penalty": np.float32,
+    "presence_penalty": np.float32, "frequency_penalty": np.float32, "stop_words": np.object_,
+    "messages": np.object_, "max_iterations": np.int32, "tools": np.object_, "return_trace": np.bool_,
+}
+_ROLES = {"system", "user", "assistant", "tool"}
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+MAX_MESSAGES = 256
+MAX_STOP_WORDS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientRequest:
+    messages: tuple[dict, ...]
+    max_tokens: int
+    stream: bool
+    sampling: SamplingParams
+    stop_words: tuple[str, ...]
+    max_iterations: Optional[int]
+    tools: Optional[tuple[str, ...]]
+    return_trace: bool
+
+
+def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_limit: int,
+                   max_input_chars: int, engine_inputs: Sequence[str]) -> ClientRequest:
+    """`inputs` maps input names to arrays as Triton delivers them (batch dimension first), None when absent."""
+    arrays = {k: v for k, v in inputs.items() if v is not None}
+    for name, array in arrays.items():
+        _check_array(name, array)
+
+    text = _string(arrays, "text_input", max_input_chars)
+    messages_json = _string(arrays, "messages", max_input_chars)
+    if (text is None) == (messages_json is None):
+        raise InvalidRequest("send exactly one of text_input (a prompt) or messages (a JSON chat history)")
+    if text is not None:
+        if not text.strip():
+            raise InvalidRequest("text_input is empty: send the user's prompt")
+        messages: tuple[dict, ...] = ({"role": "user", "content": text},)
+    else:
+        messages = _messages(messages_json)
+
+    max_tokens = _scalar(arrays, "max_tokens")
+    if max_tokens is None:
+        raise InvalidRequest("max_tokens is required: the most tokens to generate per engine turn")
+    max_tokens = int(max_tokens)
+    if not 1 <= max_tokens <= max_tokens_limit:
+        raise InvalidRequest(f"max_tokens must be between 1 and {max_tokens_limit}, got {max_tokens}")
+
+    sampling = _sampling(arrays)
+    declared = set(engine_inputs)
+    for client_name, value in sampling.given().items():
+        if not declared.intersection(SAMPLING_ENGINE_INPUTS[client_name]):
+            raise InvalidRequest(f"{client_name} is not supported by the engine model (it declares no "
+                                 f"{'/'.join(SAMPLING_ENGINE_INPUTS[client_name])} input): remove {client_name}")
+
+    stop_words = tuple(w for w in _strings(arrays, "stop_words") if w)
+    if len(stop_words) > MAX_STOP_WORDS:
+        raise InvalidRequest(f"at most {MAX_STOP_WORDS} stop_words are allowed, got {len(stop_words)}")
+    if any(len(w) > 256 for w in stop_words):
+        raise InvalidRequest("each stop word must be at most 256 characters")
+
+    max_iterations = _scalar(arrays, "max_iterations")
+    if max_iterations is not None:
+        max_iterations = int(max_iterations)
+        if max_iterations < 0:
+            raise InvalidRequest(f"max_iterations must be >= 0, got {max_iterations}")
+
+    tools = None
+    tools_json = _string(arrays, "tools", max_input_chars)
+    if tools_json is not None:
+        try:
+            value = json.loads(tools_json)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"tools must be a JSON list of tool names: {exc.msg}") from None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InvalidRequest('tools must be a JSON list of tool names, e.g. ["get_current_stock_price"]')
+        tools = tuple(dict.fromkeys(value))
+
+    stream = _scalar(arrays, "stream")
+    return_trace = _scalar(arrays, "return_trace")
+    return ClientRequest(
+        messages=messages, max_tokens=max_tokens, stream=bool(stream) if stream is not None else False,
+        sampling=sampling, stop_words=stop_words, max_iterations=max_iterations, tools=tools,
+        return_trace=bool(return_trace) if return_trace is not None else False,
+    )
+
+
+def _check_array(name: str, array: np.ndarray) -> None:
+    expected = _EXPECTED.get(name)
+    if expected is None:
+        return
+    if array.dtype.type is not expected and not (expected is np.object_ and array.dtype.kind in "SUO"):
+        raise InvalidRequest(f"{name} must be {np.dtype(expected).name if expected is not np.object_ else 'BYTES'}, "
+                             f"got {array.dtype}")
+    if array.ndim == 0 or array.shape[0] != 1:
+        raise InvalidRequest(f"{name}: send one request per call (batch size 1), got shape {list(array.shape)}")
+    if name != "stop_words" and array.size != 1:
+        raise InvalidRequest(f"{name} must hold exactly one value, got shape {list(array.shape)}")
+
+
+def _as_text(name: str, value: Any, limit: int) -> str:
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"{name} is not valid UTF-8 text") from None
+    value = str(value)
+    if len(value) > limit:
+        raise InvalidRequest(f"{name} is {len(value)} characters; the limit is {limit}: shorten it")
+    if "\x00" in value:
+        raise InvalidRequest(f"{name} contains NUL characters")
+    return value
+
+
+def _string(arrays, name: str, limit: int) -> Optional[str]:
+    if name not in arrays:
+        return None
+    return _as_text(name, arrays[name].reshape(-1)[0], limit)
+
+
+def _strings(arrays, name: str) -> list[str]:
+    if name not in arrays:
+        return []
+    return [_as_text(name, v, 4096) for v in arrays[name].reshape(-1)]
+
+
+def _scalar(arrays, name: str):
+    if name not in arrays:
+        return None
+    return arrays[name].reshape(-1)[0].item()
+
+
+def _sampling(arrays) -> SamplingParams:
+    def number(name, low, high, low_open=False):
+        value = _scalar(arrays, name)
+        if value is None:
+            return None
+        if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+            bound = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
+            raise InvalidRequest(f"{name} must be in {bound}, got {value}")
+        return float(value)
+
+    top_k = _scalar(arrays, "top_k")
+    if top_k is not None and not 0 <= top_k <= 1_000_000:
+        raise InvalidRequest(f"top_k must be >= 0 (0 disables it), got {top_k}")
+    return SamplingParams(
+        temperature=number("temperature", 0.0, 100.0),
+        top_k=int(top_k) if top_k is not None else None,
+        top_p=number("top_p", 0.0, 1.0, low_open=True),
+        random_seed=_scalar(arrays, "random_seed"),
+        repetition_penalty=number("repetition_penalty", 0.0, 100.0, low_open=True),
+        presence_penalty=number("presence_penalty", -100.0, 100.0),
+        frequency_penalty=number("frequency_penalty", -100.0, 100.0),
+    )
+
+
+def _messages(text: str) -> tuple[dict, ...]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"messages is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if isinstance(value, dict) and isinstance(value.get("messages"), list):
+        value = value["messages"]
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest('messages must be a non-empty JSON list like [{"role": "user", "content": "..."}]')
+    if len(value) > MAX_MESSAGES:
+        raise InvalidRequest(f"messages holds {len(value)} entries; the limit is {MAX_MESSAGES}")
+    out = []
+    for i, message in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"{where} must be an object with role and content")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise InvalidRequest(f"{where}.role must be one of {sorted(_ROLES)}, got {role!r}")
+        content = _content(message.get("content"), where)
+        clean: dict = {"role": role, "content": content}
+        if role == "assistant" and message.get("tool_calls"):
+            clean["tool_calls"] = _tool_calls(message["tool_calls"], where)
+        elif role != "assistant" and message.get("tool_calls"):
+            raise InvalidRequest(f"{where}: only assistant messages may carry tool_calls")
+        if role == "tool":
+            name = message.get("name")
+            if name is not None:
+                if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+                    raise InvalidRequest(f"{where}.name must be a tool name (letters, digits, _ or -)")
+                clean["name"] = name
+            call_id = message.get("tool_call_id")
+            if call_id is not None:
+                if not isinstance(call_id, str) or len(call_id) > 128:
+                    raise InvalidRequest(f"{where}.tool_call_id must be a string of at most 128 characters")
+                clean["tool_call_id"] = call_id
+        if role in ("user", "system") and not content.strip():
+            raise InvalidRequest(f"{where}.content is empty")
+        if role == "system" and i != 0:
+            raise InvalidRequest(f"{where}: a system message is only allowed first")
+        out.append(clean)
+    if out[-1]["role"] not in ("user", "tool"):
+        raise InvalidRequest("the last message must be from the user (or a tool result) for the agent to answer")
+    return tuple(out)
+
+
+def _content(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts: only text is supported
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise InvalidRequest(f"{where}.content parts must be {{\"type\": \"text\", \"text\": ...}}")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise InvalidRequest(f"{where}.content must be a string")
+
+
+def _tool_calls(calls: Any, where: str) -> list:
+    if not isinstance(calls, list):
+        raise InvalidRequest(f"{where}.tool_calls must be a list")
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(fn, dict):
+            raise InvalidRequest(f"{where}.tool_calls[{j}] must be an object with a function")
+        name = fn.get("name")
+        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+            raise InvalidRequest(f"{where}.tool_calls[{j}].function.name must be a tool name")
+        arguments = fn.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError:
+                raise InvalidRequest(f"{where}.tool_calls[{j}].function.arguments is not valid JSON") from None
+        if not isinstance(arguments, dict):
+            raise InvalidRequest(f"{where}.tool_calls[{j}].function.arguments must be a JSON object")
+        call_id = call.get("id") if isinstance(call.get("id"), str) else f"call_{j}"
+        out.append({"id": call_id[:128], "type": "function",
+                    "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}})
+    return out

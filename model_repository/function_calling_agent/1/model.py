@@ -1,0 +1,195 @@
+"""Triton adapter of function_calling_agent: tensors in, the agent loop, streamed final-answer text out.
+
+The loop itself lives in `hermes_agent` (no Triton imports); this file only converts at the boundary, calls the
+engine over BLS, and guarantees exactly one FINAL response per request on every path.
+"""
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import time
+import uuid
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from transformers import AutoTokenizer
+
+from agent_metrics import AgentMetrics
+from bls_engine import BlsEngineClient
+from hermes_agent.chat_format import ChatFormat
+from hermes_agent.client_request import InvalidRequest, decode_request
+from hermes_agent.config import AgentConfig, ConfigError, declared_tensor_names, parse_parameters
+from hermes_agent.engine import EngineError
+from hermes_agent.loop import AgentRequest, AgentRun, ContextBudgetError
+from hermes_agent.tool_execution import ToolExecutor
+from hermes_agent.tool_registry import ToolNotOfferedError, load_tool_modules
+
+_INPUTS = ("text_input", "max_tokens", "stream", "temperature", "top_k", "top_p", "random_seed",
+           "repetition_penalty", "presence_penalty", "frequency_penalty", "stop_words", "messages",
+           "max_iterations", "tools", "return_trace")
+_FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def _strings(name, values):
+    return pb_utils.Tensor(name, np.array([[v.encode("utf-8") for v in values]], dtype=np.object_))
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        model_config = json.loads(args["model_config"])
+        self.logger = pb_utils.Logger
+        if not pb_utils.using_decoupled_model_transaction_policy(model_config):
+            raise pb_utils.TritonModelException(
+                "function_calling_agent must be decoupled: set model_transaction_policy { decoupled: true }")
+        raw = {k: v.get("string_value", "") for k, v in model_config.get("parameters", {}).items()}
+        try:
+            self.config: AgentConfig = parse_parameters(raw)
+        except ConfigError as exc:
+            raise pb_utils.TritonModelException(f"function_calling_agent config.pbtxt: {exc}") from None
+        self.name = model_config.get("name", "function_calling_agent")
+
+        tokenizer = AutoTokenizer.from_pretrained(self.config.tokenizer_dir)
+        self.chat = ChatFormat(tokenizer)
+        self.tools = load_tool_modules(self.config.tool_modules)
+        self.executor = ToolExecutor(self.config.tool_workers, self.config.max_abandoned_tool_threads)
+
+        inputs, outputs = self._engine_tensors(args)
+        self.engine = BlsEngineClient(pb_utils, self.config.tensorrt_llm_model_name, inputs, outputs,
+                                      stop_timeout_s=self.config.engine_stop_timeout_seconds, logger=self.logger)
+        self.metrics = AgentMetrics(pb_utils, self.name)
+        self._executor_set = False
+        self.logger.log_info(
+            f"function_calling_agent ready: engine={self.config.tensorrt_llm_model_name} "
+            f"tools={list(self.tools.names())} template={'builtin' if 'You are a function calling AI model' in self.chat.template else 'tokenizer'} "
+            f"limits={self.config.limits}")
+
+    def _engine_tensors(self, args):
+        """The engine's declared inputs/outputs: from the `engine_inputs` parameter, else its config.pbtxt."""
+        repository = os.path.dirname(os.path.abspath(args["model_repository"].rstrip("/")))
+        path = os.path.join(repository, self.config.tensorrt_llm_model_name, "config.pbtxt")
+        text = None
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        if self.config.engine_inputs is not None:
+            outputs = declared_tensor_names(text, "output") if text else ("output_ids",)
+            return self.config.engine_inputs, outputs
+        if text is None:
+            raise pb_utils.TritonModelException(
+                f"cannot read the engine's config at {path}; set the engine_inputs parameter to the engine's "
+                "optional input names instead")
+        return declared_tensor_names(text, "input"), declared_tensor_names(text, "output")
+
+    async def execute(self, requests):
+        if not self._executor_set:
+            # BLS async_exec and response relays run on the default executor; 6 threads on 2 cores is far too few.
+            asyncio.get_running_loop().set_default_executor(
+                concurrent.futures.ThreadPoolExecutor(self.config.bls_threads, thread_name_prefix="fca-bls"))
+            self._executor_set = True
+        await asyncio.gather(*(self._handle(request) for request in requests))
+        return None
+
+    async def _handle(self, request):
+        sender = request.get_response_sender()
+        outcome, iterations, calls = "error", None, ()
+        final_sent = False
+
+        def send_error(message, code):
+            nonlocal final_sent
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)), flags=_FINAL)
+            final_sent = True
+
+        try:
+            self.metrics.request_started()
+            inputs = {name: _as_numpy(request, name) for name in _INPUTS}
+            client = decode_request(inputs, max_tokens_limit=self.config.limits.max_context_tokens - 1,
+                                    max_input_chars=self.config.max_input_chars, engine_inputs=self.engine.declared)
+            tools = self.tools.narrow(client.tools) if client.tools is not None else self.tools
+            run_id = f"fca-{uuid.uuid4().hex[:20]}"
+            started = time.monotonic()
+            first_token = [None]
+
+            async def on_text(delta):
+                if first_token[0] is None:
+                    first_token[0] = time.monotonic() - started
+                    self.metrics.first_token(first_token[0])
+                if client.stream:
+                    sender.send(pb_utils.InferenceResponse(output_tensors=[_strings("text_output", [delta])]))
+
+            run = AgentRun(
+                engine=self.engine, chat=self.chat, tools=tools, executor=self.executor,
+                limits=self.config.limits, on_text=on_text,
+                request=AgentRequest(request_id=run_id, messages=client.messages, max_tokens=client.max_tokens,
+                                     sampling=client.sampling, stop_words=client.stop_words,
+                                     max_iterations=client.max_iterations),
+            )
+            result = await self._run_until_cancelled(run, request)
+            if result is None:
+                outcome, calls = "cancelled", run.calls
+                send_error("request cancelled by the client", pb_utils.TritonError.CANCELLED)
+                return
+            outcome, iterations, calls = result.finish_reason, result.usage["iterations"], result.calls
+            usage = {**result.usage, "detail": result.detail} if result.detail else result.usage
+            tensors = [
+                _strings("text_output", ["" if client.stream else result.text]),
+                _strings("finish_reason", [result.finish_reason]),
+                _strings("usage", [json.dumps(usage)]),
+            ]
+            if client.return_trace:
+                tensors.append(_strings("tool_trace", [json.dumps(result.trace(), ensure_ascii=False)]))
+            sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=_FINAL)
+            final_sent = True
+            self._log_calls(run_id, request, result)
+        except (InvalidRequest, ContextBudgetError, ToolNotOfferedError) as exc:
+            outcome = "invalid"
+            send_error(str(exc), pb_utils.TritonError.INVALID_ARG)
+        except EngineError as exc:
+            self.logger.log_error(f"engine failure: {exc}")
+            send_error(f"the engine is unavailable: {exc}", pb_utils.TritonError.UNAVAILABLE)
+        except Exception as exc:  # a bug: the client still gets its one FINAL response
+            self.logger.log_error(f"function_calling_agent internal error: {type(exc).__name__}: {exc}")
+            if not final_sent:
+                send_error(f"internal error: {type(exc).__name__}", pb_utils.TritonError.INTERNAL)
+        finally:
+            if not final_sent:
+                try:
+                    sender.send(flags=_FINAL)
+                except Exception:
+                    pass
+            try:
+                self.metrics.request_finished(outcome, iterations, calls)
+                self.metrics.abandoned_threads(self.executor.abandoned)
+            except Exception as exc:
+                self.logger.log_error(f"function_calling_agent metrics: {exc}")
+
+    async def _run_until_cancelled(self, run, request):
+        """Runs the loop while polling for client cancellation; returns None if the client cancelled."""
+        task = asyncio.ensure_future(run.run())
+        poll = self.config.cancel_poll_seconds
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll)
+            if done:
+                return task.result()
+            if request.is_cancelled():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    return None
+                return None
+
+    def _log_calls(self, run_id, request, result):
+        for call in result.calls:
+            arguments = json.dumps(call.arguments)[:2000] if self.config.log_tool_payloads else "<redacted>"
+            self.logger.log_verbose(
+                f"{run_id} ({request.request_id()}): tool {call.name} {call.status} {call.latency_ms:.1f} ms "
+                f"arguments={arguments}")
+
+    def finalize(self):
+        self.logger.log_info("function_calling_agent finalized")
+
+
+def _as_numpy(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
