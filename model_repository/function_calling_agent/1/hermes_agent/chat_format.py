@@ -170,37 +170,61 @@ class ChatFormat:
 
 
 class _Content(str):
+    """Untrusted text to tokenize with special tokens split."""
+
     @property
     def text(self) -> str:
         return str(self)
 
 
-_MASK_RE_TEMPLATE = r"\x1e{nonce}:(\d+)\x1f"
+# Markers are printable ASCII so templates copy them through unchanged, also inside `tojson`.
+_MARK = "@@fca{nonce}{kind}{key}@@"
+_MARK_RE = r"@@fca{nonce}([rj])(\d+)@@"
 
 
 def _mask_contents(messages: Sequence[dict]) -> tuple[list[dict], dict[str, str]]:
-    """Replaces every untrusted string in the messages by a marker the template copies through unchanged."""
+    """Replaces every untrusted string in the messages by a marker.
+
+    Contents get raw markers (`r`), replaced by the text itself. Tool-call arguments are passed as objects whose
+    strings are JSON markers (`j`): templates render them with `tojson`, so each marker stands inside a JSON string
+    and is replaced by the JSON-escaped text.
+    """
     nonce = secrets.token_hex(4)
     contents: dict[str, str] = {"__nonce__": nonce}
 
-    def mark(value: str) -> str:
+    def mark(value: str, kind: str) -> str:
         key = str(len(contents))
         contents[key] = value
-        return f"\x1e{nonce}:{key}\x1f"
+        return _MARK.format(nonce=nonce, kind=kind, key=key)
+
+    def mark_json(value: Any) -> Any:
+        if isinstance(value, str):
+            return mark(value, "j")
+        if isinstance(value, dict):
+            return {mark_json(str(k)): mark_json(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mark_json(v) for v in value]
+        return value
 
     masked = []
     for message in messages:
         m = dict(message)
-        if isinstance(m.get("content"), str) and m["content"]:
-            m["content"] = mark(m["content"])
+        for field in ("content", "name"):
+            if isinstance(m.get(field), str) and m[field]:
+                m[field] = mark(m[field], "r")
         if m.get("tool_calls"):
             calls = []
             for call in m["tool_calls"]:
                 fn = dict(call.get("function", call))
+                if isinstance(fn.get("name"), str):
+                    fn["name"] = mark(fn["name"], "r")
                 arguments = fn.get("arguments", {})
-                if not isinstance(arguments, str):
-                    arguments = json.dumps(arguments, ensure_ascii=False)
-                fn["arguments"] = mark(arguments)
+                if isinstance(arguments, str):
+                    try:
+                        arguments = json.loads(arguments) if arguments.strip() else {}
+                    except json.JSONDecodeError:
+                        pass  # not JSON: the template gets it as an opaque string
+                fn["arguments"] = mark(arguments, "r") if isinstance(arguments, str) else mark_json(arguments)
                 calls.append({**call, "function": fn} if "function" in call else fn)
             m["tool_calls"] = calls
         masked.append(m)
@@ -208,15 +232,17 @@ def _mask_contents(messages: Sequence[dict]) -> tuple[list[dict], dict[str, str]
 
 
 def _split_masks(text: str, contents: dict[str, str]) -> list:
-    pattern = re.compile(_MASK_RE_TEMPLATE.format(nonce=re.escape(contents["__nonce__"])))
+    pattern = re.compile(_MARK_RE.format(nonce=re.escape(contents["__nonce__"])))
     pieces: list = []
     pos = 0
     for match in pattern.finditer(text):
         pieces.append(text[pos: match.start()])
-        pieces.append(_Content(contents[match.group(1)]))
+        value = contents[match.group(2)]
+        pieces.append(_Content(value if match.group(1) == "r" else json.dumps(value, ensure_ascii=False)[1:-1]))
         pos = match.end()
     pieces.append(text[pos:])
-    if any(marker in "".join(p for p in pieces if not isinstance(p, _Content)) for marker in ("\x1e",)):
+    template_text = "".join(p for p in pieces if not isinstance(p, _Content)).lower()
+    if "@@fca" + contents["__nonce__"] in template_text:
         raise ChatTemplateError("the chat template altered message content (it must copy content through verbatim)")
     return pieces
 

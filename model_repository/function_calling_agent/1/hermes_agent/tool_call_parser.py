@@ -86,6 +86,9 @@ class ToolCallParser:
             self.unterminated = True
             self.calls.append(rest)
             return ""
+        if len(rest) >= 2:
+            # Only a held-back tag prefix can be left here (`<tool_c`): a fragment of markup, not answer text.
+            rest = ""
         answer: list[str] = []
         self._release(rest, answer)
         return "".join(answer)
