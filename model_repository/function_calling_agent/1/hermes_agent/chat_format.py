@@ -221,9 +221,11 @@ def _mask_contents(messages: Sequence[dict]) -> tuple[list[dict], dict[str, str]
                 arguments = fn.get("arguments", {})
                 if isinstance(arguments, str):
                     try:
-                        arguments = json.loads(arguments) if arguments.strip() else {}
+                        decoded = json.loads(arguments) if arguments.strip() else {}
                     except json.JSONDecodeError:
-                        pass  # not JSON: the template gets it as an opaque string
+                        decoded = None
+                    if isinstance(decoded, (dict, list)):
+                        arguments = decoded  # else the template gets the original text as an opaque string
                 fn["arguments"] = mark(arguments, "r") if isinstance(arguments, str) else mark_json(arguments)
                 calls.append({**call, "function": fn} if "function" in call else fn)
             m["tool_calls"] = calls

@@ -76,6 +76,7 @@ _KNOWN = {
     "tool_timeout_seconds", "request_timeout_seconds", "max_context_tokens", "max_tool_result_chars",
     "tool_workers", "max_abandoned_tool_threads", "engine_inputs", "engine_stop_timeout_seconds",
     "cancel_poll_seconds", "bls_threads", "log_tool_payloads", "final_turn_reserve_seconds", "max_input_chars",
+    "engine_idle_timeout_seconds",
 }
 _REQUIRED = {"tokenizer_dir", "tool_modules", "max_context_tokens"}
 
@@ -112,6 +113,8 @@ def parse_parameters(parameters: dict[str, str], check_paths: bool = True) -> Ag
         max_tool_result_chars=_parse_int("max_tool_result_chars", p.get("max_tool_result_chars", "4000"), 256),
         final_turn_reserve_s=_parse_float(
             "final_turn_reserve_seconds", p.get("final_turn_reserve_seconds", "10"), 0, 3600),
+        engine_idle_timeout_s=_parse_float(
+            "engine_idle_timeout_seconds", p.get("engine_idle_timeout_seconds", "60"), 0, 86400),
     )
     engine_inputs = None
     if p.get("engine_inputs", "").strip():

@@ -19,9 +19,9 @@ import pydantic
 from tokenizers.decoders import DecodeStream
 
 from .chat_format import FINAL_ANSWER_NOTE, ChatFormat
-from .engine import EngineClient, EngineRequest, EngineTurnStats, SamplingParams
+from .engine import EngineClient, EngineError, EngineRequest, EngineTurnStats, SamplingParams
 from .tool_call_parser import AnswerStream, ToolCallFormatError, ToolCallParser, canonical_arguments, parse_tool_call
-from .tool_execution import ToolExecutor, ToolOutcome
+from .tool_execution import ToolExecutor, ToolOutcome, wait_with_timeout
 from .tool_results import serialize_result
 from .tools import ToolSpec, ToolStatus
 
@@ -40,6 +40,9 @@ class AgentLimits:
     max_tool_result_chars: int = 4000
     # Part of the request deadline kept for the last, tool-free answer turn.
     final_turn_reserve_s: float = 10.0
+    # Longest wait for the engine's next response. Triton <= 25.03 never delivers an error that a decoupled BLS
+    # stream sends after its first response, so a silent engine must be treated as failed.
+    engine_idle_timeout_s: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +140,7 @@ class AgentRun:
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "engine_turns": 0, "tool_calls": 0,
                       "iterations": 0, "repair_turns": 0, "reused_prompt_tokens": 0, "context_tokens": 0}
         self._answer = AnswerStream(request.stop_words)
+        self._repairs_in_row = 0
 
     # ------------------------------------------------------------------------------------------------------------
     async def run(self) -> RunResult:
@@ -156,17 +160,20 @@ class AgentRun:
         turn_index = 0
         while True:
             bad_words = self.chat.tool_call_words if final_turn and self.engine.supports_bad_words else ()
+            answered_before = len(self._answer.text)
             turn = await self._generate(prompt, turn_index, bad_words, deadline)
             self.usage["context_tokens"] = len(prompt) + len(turn.ids)
 
             if self._answer.stopped_by is not None:
+                self.messages.append({"role": "assistant", "content": self._answer.text[answered_before:].strip()})
                 return self._finish("stop", f"stop word {self._answer.stopped_by!r}")
             if turn.ended == "deadline":
                 await self._emit(self._answer.end_turn())
+                self.messages.append({"role": "assistant", "content": self._answer.text[answered_before:].strip()})
                 return self._finish("incomplete", "the request deadline was reached while generating")
             if not turn.calls:
                 await self._emit(self._answer.end_turn())
-                self.messages.append({"role": "assistant", "content": turn.answer_text})
+                self.messages.append({"role": "assistant", "content": self._answer.text[answered_before:].strip()})
                 if turn.ended == "length":
                     return self._finish("length", f"the answer reached max_tokens ({self.request.max_tokens})")
                 return self._finish("stop", final_reason)
@@ -176,13 +183,18 @@ class AgentRun:
             prepared = [self._prepare(raw) for raw in turn.calls]
             self._record_assistant_turn(turn.answer_text, prepared, turn_index)
             if final_turn:
-                for call in prepared:
-                    self._record(turn_index, call, ToolOutcome(ToolStatus.NOT_RUN))
+                not_run = ToolOutcome(ToolStatus.NOT_RUN, error=f"not run: {final_reason}")
+                results = [(call, not_run) for call in prepared]
+                self._answer_in_messages(results, self._contents(results, self.limits.max_tool_result_chars), None)
+                for call, outcome in results:
+                    self._record(turn_index, call, outcome)
                 return self._finish("incomplete", f"{final_reason}; the model still called tools on its last turn")
 
             outcomes, final_reason = await self._run_round(prepared, soft_deadline)
             results = list(zip(prepared, outcomes))
-            tool_ids = self._fit_tool_turn(prompt, results, note=FINAL_ANSWER_NOTE if final_reason else None)
+            note = FINAL_ANSWER_NOTE if final_reason else None
+            tool_ids, contents = self._fit_tool_turn(prompt, results, note)
+            self._answer_in_messages(results, contents, note)
             for call, outcome in results:  # after serialization, which may turn an ok result into an error
                 self._record(turn_index, call, outcome)
             if tool_ids is None:
@@ -219,19 +231,25 @@ class AgentRun:
                 if remaining <= 0:
                     ended = "deadline"
                     break
+                idle = self.limits.engine_idle_timeout_s
                 try:
-                    chunk = await asyncio.wait_for(stream.__anext__(), remaining)
+                    chunk = await wait_with_timeout(stream.__anext__(), min(remaining, idle))
                 except StopAsyncIteration:
                     finished = True
                     break
                 except asyncio.TimeoutError:
-                    ended = "deadline"
-                    break
+                    if remaining <= idle:
+                        ended = "deadline"
+                        break
+                    raise EngineError(f"the engine sent nothing for {idle:g} s (engine_idle_timeout_seconds)")
                 for token in chunk:
                     if token in self.chat.stop_ids:
+                        # Only the engine's own end token ends the turn on the engine's side too.
                         if token == self.chat.end_id:
                             ids.append(token)
-                        ended = "end"
+                            ended = "end"
+                        else:
+                            ended = "turn_marker"
                         break
                     ids.append(token)
                     if token in self.chat.dropped_ids:
@@ -253,6 +271,8 @@ class AgentRun:
             await _close(stream)
         if ended is None:
             ended = "length" if len(ids) >= self.request.max_tokens else "end"
+        elif ended == "turn_marker":
+            ended = "end"
         rest = parser.finish()
         if rest and ended != "stop_word":
             answer_parts.append(rest)
@@ -296,14 +316,16 @@ class AgentRun:
         final_reason = ""
         if not runnable:
             self.usage["repair_turns"] += 1
-            if self.usage["repair_turns"] > self.limits.max_repair_turns:
-                final_reason = f"the model made invalid tool calls {self.usage['repair_turns']} turns in a row"
+            self._repairs_in_row += 1
+            if self._repairs_in_row > self.limits.max_repair_turns:
+                final_reason = f"the model made invalid tool calls {self._repairs_in_row} turns in a row"
         elif self.usage["iterations"] >= self.max_iterations:
             final_reason = f"the tool-call limit of {self.max_iterations} rounds was reached"
         elif self._clock() >= soft_deadline:
             final_reason = "the request deadline left no time for more tool calls"
         else:
             self.usage["iterations"] += 1
+            self._repairs_in_row = 0
             jobs = []
             for i, call in enumerate(prepared):
                 if call.status is ToolStatus.OK:
@@ -319,23 +341,30 @@ class AgentRun:
                 outcomes[i] = ToolOutcome(ToolStatus.NOT_RUN, error=f"not run: {final_reason}")
         return [outcomes[i] for i in range(len(prepared))], final_reason
 
-    def _fit_tool_turn(self, prompt, results, note) -> Optional[list[int]]:
+    def _fit_tool_turn(self, prompt, results, note):
+        """The tool turn's ids, with results shortened until prompt + turn + max_tokens fits (None if never)."""
         room = self.limits.max_context_tokens - len(prompt) - self.request.max_tokens
         max_chars = self.limits.max_tool_result_chars
         while True:
-            contents = [(c.name or "invalid_tool_call", self._content(c, o, max_chars)) for c, o in results]
+            contents = self._contents(results, max_chars)
             ids = self.chat.tool_turn(contents, note=note)
             if len(ids) <= room:
-                for (call, _), (_, content) in zip(results, contents):
-                    if call.status is not ToolStatus.MALFORMED:  # its call is not in the history either
-                        self.messages.append({"role": "tool", "tool_call_id": call.call_id, "name": call.name,
-                                              "content": content})
-                if note:
-                    self.messages.append({"role": "system", "content": note})
-                return ids
+                return ids, contents
             if max_chars <= 64:
-                return None
+                return None, contents
             max_chars //= 2
+
+    def _contents(self, results, max_chars: int) -> list[tuple[str, str]]:
+        return [(c.name or "invalid_tool_call", self._content(c, o, max_chars)) for c, o in results]
+
+    def _answer_in_messages(self, results, contents, note) -> None:
+        """Tool messages answering the assistant's calls, so `messages` stays a valid history to continue."""
+        for (call, _), (_, content) in zip(results, contents):
+            if call.status is not ToolStatus.MALFORMED:  # its call is not in the history either
+                self.messages.append({"role": "tool", "tool_call_id": call.call_id, "name": call.name,
+                                      "content": content})
+        if note:
+            self.messages.append({"role": "system", "content": note})
 
     def _content(self, call: _PreparedCall, outcome: ToolOutcome, max_chars: int) -> str:
         name = json.dumps(call.name or "invalid_tool_call", ensure_ascii=False)
@@ -391,3 +420,4 @@ async def _close(stream) -> None:
             await asyncio.shield(aclose())
         except Exception:
             pass
+

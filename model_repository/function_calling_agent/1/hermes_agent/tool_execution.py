@@ -62,7 +62,7 @@ class ToolExecutor:
         if timeout_s <= 0:
             return ToolOutcome(ToolStatus.TIMEOUT, error="no time was left for this tool call before the deadline")
         try:
-            value = await asyncio.wait_for(self._call(spec, kwargs), timeout_s)
+            value = await wait_with_timeout(self._call(spec, kwargs), timeout_s)
             return ToolOutcome(ToolStatus.OK, value=value, latency_s=time.monotonic() - start)
         except asyncio.TimeoutError:
             return ToolOutcome(ToolStatus.TIMEOUT, error=f"the tool {spec.name!r} did not finish within {timeout_s:g} s",
@@ -79,7 +79,7 @@ class ToolExecutor:
     async def _call(self, spec: ToolSpec, kwargs: dict) -> Any:
         if inspect.iscoroutinefunction(spec.fn):
             return await spec.fn(**kwargs)
-        if self._abandoned >= self.max_abandoned:
+        if self._abandoned and self._abandoned >= self.max_abandoned:
             raise ToolCapacityError(
                 "tool capacity is exhausted by earlier calls that timed out; try again later")
         async with self._semaphore():
@@ -129,3 +129,17 @@ class ToolExecutor:
 
 
 SerializeFn = Callable[[Any, int], Any]
+
+
+async def wait_with_timeout(awaitable, timeout: float):
+    """Like asyncio.wait_for, but a cancellation that arrives with the result is never lost (Python <= 3.11)."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        raise asyncio.TimeoutError
+    return task.result()
