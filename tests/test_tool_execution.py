@@ -1,0 +1,197 @@
+"""ToolExecutor: concurrent calls, timeouts, errors for the model, abandoned threads and their cap, async tools."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "model_repository", "function_calling_agent", "1"))
+
+import pytest  # noqa: E402
+
+from hermes_agent.tool_execution import ToolExecutor  # noqa: E402
+from hermes_agent.tools import ToolSpec, ToolStatus  # noqa: E402
+
+NO_PARAMS = {"type": "object", "properties": {}}
+
+
+def spec(fn, name="t", timeout_s=None) -> ToolSpec:
+    return ToolSpec(name=name, description="Test tool.", parameters=NO_PARAMS, fn=fn, timeout_s=timeout_s)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def wait_until(predicate, timeout_s=2.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+@pytest.fixture
+def release():
+    """An event hung tools wait on; set at teardown so no test leaves a thread behind."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def test_value_and_latency_of_a_sync_tool():
+    def price(*, symbol):
+        return {"symbol": symbol, "thread": threading.current_thread().name}
+
+    outcome = run(ToolExecutor().run(spec(price, "price"), {"symbol": "RIVN"}, 5.0))
+    assert outcome.status is ToolStatus.OK and outcome.error is None
+    assert outcome.value == {"symbol": "RIVN", "thread": "tool:price"}  # called with keywords, on its own thread
+    assert 0 <= outcome.latency_s < 1
+
+
+def test_calls_run_concurrently():
+    executor = ToolExecutor()
+
+    async def both():
+        slow = spec(lambda: time.sleep(0.3) or "done")
+        return await asyncio.gather(executor.run(slow, {}, 5.0), executor.run(slow, {}, 5.0))
+
+    start = time.monotonic()
+    outcomes = run(both())
+    elapsed = time.monotonic() - start
+    assert [o.value for o in outcomes] == ["done", "done"]
+    assert 0.29 <= elapsed < 0.55
+
+
+def test_max_concurrent_limits_parallel_threads():
+    executor = ToolExecutor(max_concurrent=1)
+    seen = []
+
+    def tool():
+        seen.append(executor.running)
+        time.sleep(0.15)
+
+    async def both():
+        return await asyncio.gather(executor.run(spec(tool), {}, 5.0), executor.run(spec(tool), {}, 5.0))
+
+    start = time.monotonic()
+    run(both())
+    assert time.monotonic() - start >= 0.29
+    assert seen == [1, 1]
+
+
+def test_exception_becomes_an_error_the_model_can_read():
+    def broken():
+        raise ValueError("no such symbol: XYZ")
+
+    outcome = run(ToolExecutor().run(spec(broken), {}, 5.0))
+    assert outcome.status is ToolStatus.ERROR
+    assert outcome.error == "ValueError: no such symbol: XYZ"
+
+
+def test_exception_without_message_and_long_messages():
+    def bare():
+        raise KeyError
+
+    def chatty():
+        raise RuntimeError("x" * 5000)
+
+    assert run(ToolExecutor().run(spec(bare), {}, 5.0)).error == "KeyError: KeyError"
+    assert len(run(ToolExecutor().run(spec(chatty), {}, 5.0)).error) == 1000
+
+
+def test_hung_tool_times_out_and_is_abandoned_until_it_returns(release):
+    executor = ToolExecutor()
+    start = time.monotonic()
+    outcome = run(executor.run(spec(lambda: release.wait(10), "hang"), {}, 0.15))
+    assert time.monotonic() - start < 0.5
+    assert outcome.status is ToolStatus.TIMEOUT
+    assert "'hang'" in outcome.error and "0.15 s" in outcome.error
+    assert executor.abandoned == 1 and executor.running == 1
+    release.set()
+    assert wait_until(lambda: executor.abandoned == 0 and executor.running == 0)
+
+
+def test_abandoned_cap_makes_new_calls_fail_fast(release):
+    executor = ToolExecutor(max_abandoned=1)
+    ran = []
+    assert run(executor.run(spec(lambda: release.wait(10)), {}, 0.05)).status is ToolStatus.TIMEOUT
+    assert executor.abandoned == 1
+    start = time.monotonic()
+    outcome = run(executor.run(spec(lambda: ran.append(1)), {}, 5.0))
+    assert time.monotonic() - start < 0.1
+    assert outcome.status is ToolStatus.ERROR and "capacity" in outcome.error
+    assert ran == []
+    release.set()
+    assert wait_until(lambda: executor.abandoned == 0)
+    assert run(executor.run(spec(lambda: ran.append(1) or "ok"), {}, 5.0)).value == "ok"
+
+
+def test_no_time_left_means_timeout_without_running():
+    ran = []
+    outcome = run(ToolExecutor().run(spec(lambda: ran.append(1)), {}, 0))
+    assert outcome.status is ToolStatus.TIMEOUT and "deadline" in outcome.error
+    assert ran == []
+
+
+def test_async_tools_run_on_the_loop_and_time_out_without_abandoning():
+    executor = ToolExecutor(max_abandoned=0)  # async tools hold no thread, so the cap does not apply
+
+    async def quote(*, symbol):
+        await asyncio.sleep(0.01)
+        return symbol.lower()
+
+    async def stuck():
+        await asyncio.sleep(10)
+
+    async def failing():
+        raise LookupError("gone")
+
+    assert run(executor.run(spec(quote), {"symbol": "RIVN"}, 5.0)).value == "rivn"
+    start = time.monotonic()
+    assert run(executor.run(spec(stuck), {}, 0.1)).status is ToolStatus.TIMEOUT
+    assert time.monotonic() - start < 0.5
+    assert executor.abandoned == 0
+    outcome = run(executor.run(spec(failing), {}, 1.0))
+    assert (outcome.status, outcome.error) == (ToolStatus.ERROR, "LookupError: gone")
+
+
+def test_async_tools_run_concurrently():
+    async def slow():
+        await asyncio.sleep(0.3)
+        return 1
+
+    async def both():
+        executor = ToolExecutor()
+        return await asyncio.gather(executor.run(spec(slow), {}, 5.0), executor.run(spec(slow), {}, 5.0))
+
+    start = time.monotonic()
+    assert [o.value for o in run(both())] == [1, 1]
+    assert time.monotonic() - start < 0.55
+
+
+def test_cancelling_a_call_abandons_its_thread(release):
+    executor = ToolExecutor()
+
+    async def cancel_midway():
+        task = asyncio.ensure_future(executor.run(spec(lambda: release.wait(10)), {}, 5.0))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(cancel_midway())
+    assert executor.abandoned == 1
+    release.set()
+    assert wait_until(lambda: executor.abandoned == 0 and executor.running == 0)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_concurrent": 0}, {"max_abandoned": -1}])
+def test_bad_executor_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        ToolExecutor(**kwargs)
