@@ -70,6 +70,9 @@ CPU_DEFAULTS: Mapping[str, str] = {
     "triton_max_batch_size": "64",
     "engine_instance_count": "1",
     "max_context_tokens": "4096",
+    # A 1.5B model on two cores prefills a first tool prompt in about a minute.
+    "request_timeout_seconds": "600",
+    "engine_idle_timeout_seconds": "300",
     # tokenizer_dir and model_dir have no default: the caller passes the checkpoint directory.
 }
 
@@ -78,6 +81,8 @@ CPU_DEFAULTS: Mapping[str, str] = {
 GPU_DEFAULTS: Mapping[str, str] = {
     **_AGENT_DEFAULTS,
     "max_context_tokens": "8192",  # the engine's max_seq_len (engine_build/build_engine.sh)
+    "request_timeout_seconds": "120",
+    "engine_idle_timeout_seconds": "60",
     "triton_max_batch_size": "64",  # the engine's max_batch_size
     # tensorrt_llm: structure
     "triton_backend": "tensorrtllm",

@@ -49,6 +49,8 @@ def make_agent_model(
         "tokenizer_dir": str(Path(tokenizer_dir).resolve()),
         "tool_modules": tool_modules,
         "max_context_tokens": str(max_context_tokens),
+        "request_timeout_seconds": "120",
+        "engine_idle_timeout_seconds": "60",
     }
     config_path = target / "config.pbtxt"
     text = _PLACEHOLDER.sub(lambda m: values[m.group(1)], config_path.read_text(encoding="utf-8"))

@@ -73,12 +73,14 @@ class RunResult:
     usage: dict
     calls: list[CallRecord]
     messages: list[dict]
+    turns: list[dict] = dataclasses.field(default_factory=list)
 
     def trace(self) -> dict:
         return {
             "finish_reason": self.finish_reason,
             "detail": self.detail,
             "tool_calls": [dataclasses.asdict(c) for c in self.calls],
+            "turns": self.turns,
             "messages": self.messages,
         }
 
@@ -136,6 +138,7 @@ class AgentRun:
         if request.max_iterations is not None:
             self.max_iterations = max(0, min(limits.max_iterations, request.max_iterations))
         self.calls: list[CallRecord] = []
+        self.turns: list[dict] = []  # per engine turn: prompt, generated and reused tokens
         self.messages: list[dict] = [dict(m) for m in request.messages]
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "engine_turns": 0, "tool_calls": 0,
                       "iterations": 0, "repair_turns": 0, "reused_prompt_tokens": 0, "context_tokens": 0}
@@ -278,6 +281,8 @@ class AgentRun:
             answer_parts.append(rest)
             await self._emit(self._answer.push(rest))
         self.usage["reused_prompt_tokens"] += stats.reused_prompt_tokens
+        self.turns.append({"prompt_tokens": len(prompt), "generated_tokens": len(ids), "ended": ended,
+                           "reused_prompt_tokens": stats.reused_prompt_tokens})
         return _Turn(ids=ids, calls=parser.calls, ended=ended, answer_text="".join(answer_parts).strip(),
                      reused_prompt_tokens=stats.reused_prompt_tokens)
 
@@ -402,7 +407,7 @@ class AgentRun:
 
     def _finish(self, reason: str, detail: str) -> RunResult:
         return RunResult(text=self._answer.text, finish_reason=reason, detail=detail, usage=dict(self.usage),
-                         calls=self.calls, messages=self.messages)
+                         calls=self.calls, messages=self.messages, turns=self.turns)
 
 
 def _describe_validation(name: str, exc: pydantic.ValidationError) -> str:
