@@ -1,0 +1,182 @@
+"""The cpu profile end to end: configure_repository's output on a real tritonserver, function_calling_agent over the
+CPU engine, with a tiny model trained to call two tools and answer (tests/support/tiny_tool_model.py), and the
+README's main command (`python -m deploy.serve --plumbing-check`) started and stopped as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.configure_repository import configure
+from deploy.triton_launcher import free_port
+from tests.support.fca_client import http_generate, make_inputs, stream_request
+from tests.support.tiny_tool_model import (
+    FINAL_ANSWER,
+    TOOL_CALLS,
+    USER_PROMPT,
+    agent_transcript,
+    build_tiny_tool_model,
+)
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_TOOL_MODULES = REPO_ROOT / "tests" / "models" / "tool_modules"
+TURNS_REPORT = Path("/tmp/fca_cpu_profile_turns.txt")
+MARKUP = ("<tool_call>", "</tool_call>", "<tool_response>", "<|im_end|>", "<|im_start|>")
+
+
+@pytest.fixture(scope="module")
+def tool_model_dir(tmp_path_factory, hermes_tokenizer_dir) -> str:
+    return build_tiny_tool_model(tmp_path_factory.mktemp("tiny-tool-model"), hermes_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def cpu_repository(tmp_path_factory, tool_model_dir) -> Path:
+    out = tmp_path_factory.mktemp("cpu-profile") / "model_repository"
+    configure("cpu", out, {"tokenizer_dir": tool_model_dir, "model_dir": tool_model_dir,
+                           "tool_modules": "scripted_tools"})
+    for module in TEST_TOOL_MODULES.glob("*.py"):
+        shutil.copy(module, out / "function_calling_agent" / "1" / module.name)
+    engine_config = out / "tensorrt_llm" / "config.pbtxt"
+    text = engine_config.read_text(encoding="utf-8")
+    if "torch_threads" in text:  # two cores shared with the test process and the agent
+        text, count = re.subn(r'(key:\s*"torch_threads"\s*value:\s*\{\s*string_value:\s*)"[^"]*"', r'\1"1"', text)
+        assert count == 1, "could not set torch_threads in the generated engine config"
+        engine_config.write_text(text, encoding="utf-8")
+    return out
+
+
+def _json_field(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _check_conversation(label: str, finish_reason: str, text: str, usage: dict, trace: dict, expected_prompts):
+    assert finish_reason == "stop", (label, usage, trace)
+    assert text == FINAL_ANSWER, (label, text)
+    assert not any(tag in text for tag in MARKUP), (label, text)
+    assert usage["engine_turns"] == 3, (label, usage)
+    assert usage["tool_calls"] == 2 and usage["iterations"] == 2, (label, usage)
+    calls = [(c["name"], c["status"]) for c in trace["tool_calls"]]
+    assert calls == [(name, "ok") for name in TOOL_CALLS], (label, trace["tool_calls"])
+    turns = trace["turns"]
+    assert len(turns) == 3, (label, turns)
+    # The served agent sends exactly the prompts the model was trained on.
+    assert [t["prompt_tokens"] for t in turns] == [len(p) for p in expected_prompts], (label, turns)
+    for previous, turn in zip(turns, turns[1:]):
+        # The next prompt extends the previous prompt and its generated ids token for token, so the engine's prefix
+        # cache covers at least the whole previous prompt.
+        assert turn["prompt_tokens"] >= previous["prompt_tokens"] + previous["generated_tokens"], (label, turns)
+        assert previous["prompt_tokens"] <= turn["reused_prompt_tokens"] < turn["prompt_tokens"], (label, turns)
+    assert usage["reused_prompt_tokens"] == sum(t["reused_prompt_tokens"] for t in turns), (label, usage)
+    return [(t["prompt_tokens"], t["generated_tokens"], t["reused_prompt_tokens"]) for t in turns]
+
+
+def test_cpu_profile_runs_three_turns_with_prefix_reuse(triton_server_factory, cpu_repository, tool_model_dir):
+    from transformers import AutoTokenizer
+
+    expected_prompts = agent_transcript(AutoTokenizer.from_pretrained(tool_model_dir)).prompts
+    server = triton_server_factory(cpu_repository)
+
+    # First request on a fresh server: nothing cached, so turn 1 reuses nothing.
+    status, body = http_generate(server.http_url, {"text_input": USER_PROMPT, "max_tokens": 64, "stream": False,
+                                                   "return_trace": True}, timeout=120)
+    assert status == 200, body
+    http_turns = _check_conversation("http generate", body["finish_reason"], body["text_output"],
+                                     _json_field(body["usage"]), _json_field(body["tool_trace"]), expected_prompts)
+    assert http_turns[0][2] == 0, http_turns
+
+    # Second request, streamed over gRPC: the cache is shared across requests, so turn 1 reuses the same prompt.
+    outcome = stream_request(server.grpc_url, make_inputs({"text_input": USER_PROMPT, "max_tokens": 64,
+                                                           "stream": True, "return_trace": True}), timeout=120)
+    assert outcome.error is None and outcome.finals == 1, outcome
+    assert outcome.final["text_output"] == "", outcome.final  # streamed: the final response carries no text
+    streamed = "".join(outcome.deltas)
+    grpc_turns = _check_conversation("grpc stream", outcome.finish_reason, streamed, outcome.final["usage"],
+                                     outcome.trace, expected_prompts)
+    assert streamed == body["text_output"]
+    assert 0 < grpc_turns[0][2] < grpc_turns[0][0], grpc_turns
+
+    lines = ["per engine turn: (prompt_tokens, generated_tokens, reused_prompt_tokens)"]
+    for label, turns in (("HTTP generate, fresh server", http_turns), ("gRPC stream, second request", grpc_turns)):
+        lines.append(f"{label}:")
+        lines += [f"  turn {i + 1}: prompt={p} generated={g} reused={r}" for i, (p, g, r) in enumerate(turns)]
+    report = "\n".join(lines) + "\n"
+    print("\n" + report)
+    TURNS_REPORT.write_text(report, encoding="utf-8")
+
+
+def _children(pid: int) -> list[int]:
+    pids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            pids += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_serve_plumbing_check_answers_and_stops_on_sigterm():
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    command = [sys.executable, "-m", "deploy.serve", "--plumbing-check", "--no-demo", "--http-port", str(http_port),
+               "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: queue.Queue = queue.Queue()
+    output: list[str] = []
+
+    def pump():
+        for line in process.stdout:
+            output.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    servers: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, "serve exited before ready:\n" + "".join(output)
+            if line.startswith("serve: ready"):
+                break
+        assert f":{http_port}" in line, line
+        servers = _children(process.pid)
+        assert servers, "serve has no child process (tritonserver)"
+
+        status, body = http_generate(f"127.0.0.1:{http_port}", {"text_input": "Give me Rivian (RIVN) news",
+                                                                "max_tokens": 16}, timeout=120)
+        assert status == 200, body
+        assert body["finish_reason"] in ("stop", "length", "incomplete"), body
+
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+        assert code == 0, "".join(output)
+        assert not [pid for pid in servers if _alive(pid)], f"tritonserver still running: {servers}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in servers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
