@@ -133,7 +133,7 @@ def test_assistant_turn_is_closed_canonically_with_or_without_the_end_token(chat
 
 
 def test_tool_result_payload_is_json_name_and_content(chat):
-    assert json.loads(chat.tool_response_content("get_price", {"price": 1.5, "note": "株"})) == {
+    assert json.loads(chat.tool_response_content("get_price", json.dumps({"price": 1.5, "note": "株"}))) == {
         "name": "get_price", "content": {"price": 1.5, "note": "株"}}
 
 
@@ -162,7 +162,7 @@ def test_appended_turns_match_a_full_render_of_the_conversation(chat, tokenizer)
     user = [{"role": "user", "content": "Price of RIVN?"}]
     generated = tokenizer.encode('<tool_call>\n{"name": "get_price", "arguments": {"symbol": "RIVN"}}\n</tool_call>',
                                  add_special_tokens=False)
-    content = chat.tool_response_content("get_price", {"price": 12.5})
+    content = chat.tool_response_content("get_price", json.dumps({"price": 12.5}))
     incremental = (chat.render_prompt(user, TOOLS) + generated + chat.close_assistant_turn(generated)
                    + chat.tool_turn([("get_price", content)]))
     full = chat.render_prompt(user + [

@@ -145,9 +145,10 @@ class ChatFormat:
             raise ChatTemplateError("the chat template renders earlier turns differently once tool results follow")
         return self._encode_masked(full[len(head):], contents)
 
-    def tool_response_content(self, name: str, content: Any) -> str:
-        """The Hermes tool-result payload: JSON `{"name": ..., "content": ...}`."""
-        return json.dumps({"name": name, "content": content}, ensure_ascii=False)
+    @staticmethod
+    def tool_response_content(name: str, content_json: str) -> str:
+        """The Hermes tool-result payload `{"name": ..., "content": ...}`; `content_json` is already JSON text."""
+        return '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "content": ' + content_json + "}"
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)

@@ -372,16 +372,16 @@ class AgentRun:
             self.messages.append({"role": "system", "content": note})
 
     def _content(self, call: _PreparedCall, outcome: ToolOutcome, max_chars: int) -> str:
-        name = json.dumps(call.name or "invalid_tool_call", ensure_ascii=False)
+        name = call.name or "invalid_tool_call"
         if outcome.status is ToolStatus.OK:
             try:
                 body = self._serialize(outcome.value, max_chars)
             except Exception as exc:
                 outcome.status, outcome.error = ToolStatus.ERROR, f"the tool returned a value that is not JSON: {exc}"
             else:
-                return '{"name": ' + name + ', "content": ' + body + "}"
+                return self.chat.tool_response_content(name, body)
         error = (outcome.error or outcome.status.value)[:max_chars]
-        return '{"name": ' + name + ', "content": ' + json.dumps({"error": error}, ensure_ascii=False) + "}"
+        return self.chat.tool_response_content(name, json.dumps({"error": error}, ensure_ascii=False))
 
     # ------------------------------------------------------------------------------------------------------------
     def _record_assistant_turn(self, text: str, prepared: Sequence[_PreparedCall], turn: int) -> None:
