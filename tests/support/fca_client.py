@@ -1,0 +1,226 @@
+"""Client side of the function_calling_agent reliability tests: inputs of any dtype or shape, one gRPC stream per
+request with exact FINAL accounting, the HTTP generate endpoint, and /metrics samples.
+
+    outcome = stream_request(server.grpc_url, make_inputs({"text_input": "hi", "max_tokens": 64, "stream": True}))
+    outcome.finals == 1 and outcome.final["finish_reason"] == "stop"
+    samples = scrape(server.metrics_url); value(samples, "fca_requests_total", outcome="stop")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import queue
+import re
+import time
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+import requests
+
+MODEL = "function_calling_agent"
+
+# The agent's declared inputs and their Triton datatypes.
+DATATYPES = {
+    "text_input": "BYTES", "max_tokens": "INT32", "stream": "BOOL", "temperature": "FP32", "top_k": "INT32",
+    "top_p": "FP32", "random_seed": "UINT64", "repetition_penalty": "FP32", "presence_penalty": "FP32",
+    "frequency_penalty": "FP32", "stop_words": "BYTES", "messages": "BYTES", "max_iterations": "INT32",
+    "tools": "BYTES", "return_trace": "BOOL",
+}
+_NUMPY = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "FP64": np.float64,
+          "BOOL": np.bool_, "UINT64": np.uint64, "UINT8": np.uint8}
+
+
+@dataclasses.dataclass(frozen=True)
+class Raw:
+    """An input sent exactly as given: any datatype and shape, e.g. Raw([[1, 2]], "INT32") or Raw([[1.0]], "FP32")."""
+
+    value: Any
+    datatype: str
+
+
+def _array(value: Any, datatype: str) -> np.ndarray:
+    if datatype == "BYTES":
+        def encode(v):
+            return v.encode("utf-8") if isinstance(v, str) else v
+        array = np.array(value, dtype=object)
+        return np.vectorize(encode, otypes=[object])(array) if array.size else array
+    return np.array(value, dtype=_NUMPY[datatype])
+
+
+def make_inputs(values: Mapping[str, Any]) -> list:
+    """gRPC InferInputs; a plain value becomes shape [1, 1] (stop_words [1, n]) in the input's declared datatype."""
+    import tritonclient.grpc as grpcclient
+
+    inputs = []
+    for name, value in values.items():
+        if isinstance(value, Raw):
+            array = _array(value.value, value.datatype)
+            datatype = value.datatype
+        else:
+            datatype = DATATYPES[name]
+            array = _array([list(value)] if name == "stop_words" else [[value]], datatype)
+        tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+@dataclasses.dataclass
+class StreamOutcome:
+    deltas: list[str] = dataclasses.field(default_factory=list)
+    final: Optional[dict] = None  # outputs of the response that carried finish_reason
+    error: Optional[str] = None
+    finals: int = 0  # responses flagged final, plus error responses (an error ends the request)
+    responses: int = 0
+    elapsed: float = 0.0
+    first_delta_s: Optional[float] = None
+    cancelled: bool = False
+    timed_out: bool = False
+
+    @property
+    def text(self) -> str:
+        if self.final is not None and self.final.get("text_output"):
+            return self.final["text_output"]
+        return "".join(self.deltas)
+
+    @property
+    def finish_reason(self) -> Optional[str]:
+        return None if self.final is None else self.final.get("finish_reason")
+
+    @property
+    def trace(self) -> Optional[dict]:
+        return None if self.final is None else self.final.get("tool_trace")
+
+
+def _strings(result, name: str) -> Optional[list[str]]:
+    array = result.as_numpy(name)
+    if array is None:
+        return None
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+
+
+def read_response(result, outcome: StreamOutcome, started: float) -> None:
+    """Adds one successful gRPC stream response to `outcome`."""
+    outcome.responses += 1
+    response = result.get_response()
+    is_final = response.parameters["triton_final_response"].bool_param if "triton_final_response" in \
+        response.parameters else False
+    texts = _strings(result, "text_output")
+    reason = _strings(result, "finish_reason")
+    if reason is not None:
+        final = {"finish_reason": reason[0], "text_output": "".join(texts or [])}
+        for name in ("usage", "tool_trace"):
+            values = _strings(result, name)
+            if values is not None:
+                final[name] = json.loads(values[0])
+        outcome.final = final
+    elif texts:
+        if outcome.first_delta_s is None:
+            outcome.first_delta_s = time.monotonic() - started
+        outcome.deltas.extend(texts)
+    if is_final:
+        outcome.finals += 1
+
+
+def stream_request(grpc_url: str, inputs: list, *, model: str = MODEL, timeout: float = 60.0,
+                   cancel_when: Optional[Callable[[StreamOutcome, float], bool]] = None,
+                   grace: float = 0.0, request_id: str = "") -> StreamOutcome:
+    """Sends one request on its own gRPC stream and collects its responses until the FINAL (or an error).
+
+    `cancel_when(outcome, elapsed)` is polled every 10 ms; when it returns True the stream is cancelled
+    (`stop_stream(cancel_requests=True)`). `grace` keeps listening after the FINAL to catch responses sent after it.
+    """
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    events: queue.Queue = queue.Queue()
+    outcome = StreamOutcome()
+    started = time.monotonic()
+    try:
+        client.start_stream(callback=lambda result, error: events.put((result, error)))
+        client.async_stream_infer(model, inputs, request_id=request_id, enable_empty_final_response=True)
+        end = started + timeout
+        grace_end = None
+        while True:
+            now = time.monotonic()
+            limit = grace_end if grace_end is not None else end
+            if now >= limit:
+                outcome.timed_out = grace_end is None
+                break
+            if cancel_when is not None and outcome.finals == 0 and cancel_when(outcome, now - started):
+                client.stop_stream(cancel_requests=True)
+                outcome.cancelled = True
+                break
+            try:
+                result, error = events.get(timeout=min(0.01, limit - now))
+            except queue.Empty:
+                continue
+            if error is not None:
+                outcome.responses += 1
+                outcome.finals += 1
+                outcome.error = str(error)
+            else:
+                read_response(result, outcome, started)
+            if outcome.finals and grace_end is None:
+                if grace <= 0:
+                    break
+                grace_end = time.monotonic() + grace
+    finally:
+        outcome.elapsed = time.monotonic() - started
+        try:
+            if not outcome.cancelled:
+                client.stop_stream()
+            client.close()
+        except Exception:  # a stream broken by the test must not hide the outcome
+            pass
+    return outcome
+
+
+def http_generate(http_url: str, body: Mapping[str, Any], *, model: str = MODEL, timeout: float = 60.0):
+    """POST /generate; returns (status code, parsed JSON body or {"error": raw text})."""
+    response = requests.post(f"http://{http_url}/v2/models/{model}/generate", json=dict(body), timeout=timeout)
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, {"error": response.text}
+
+
+def is_ready(http_url: str) -> bool:
+    try:
+        return requests.get(f"http://{http_url}/v2/health/ready", timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape_text(metrics_url: str) -> str:
+    return requests.get(f"http://{metrics_url}/metrics", timeout=10).text
+
+
+def parse_metrics(text: str) -> list[tuple[str, dict, float]]:
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if match:
+            name, labels, number = match.groups()
+            samples.append((name, dict(_LABEL.findall(labels or "")), float(number)))
+    return samples
+
+
+def scrape(metrics_url: str) -> list[tuple[str, dict, float]]:
+    return parse_metrics(scrape_text(metrics_url))
+
+
+def value(samples, name: str, **labels) -> float:
+    """Sum of the samples called `name` whose labels include `labels` (0 when there are none)."""
+    return sum(v for n, l, v in samples if n == name and all(l.get(k) == str(x) for k, x in labels.items()))
+
+
+def fca_lines(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if line.startswith("fca_"))

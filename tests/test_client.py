@@ -1,0 +1,150 @@
+"""client/client.py against a real tritonserver running the agent over the scripted engine (integration)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from deploy.triton_launcher import free_port
+from tests.support.agent_repo import make_agent_model
+from tests.support.scripted_repo import make_scripted_engine, read_request_log
+from tests.support.triton_server import TritonServerFactory
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLIENT = REPO_ROOT / "client" / "client.py"
+
+RIVIAN_PROMPT = "Give me Rivian (RIVN) news and stock price"
+TWO_CALLS = (
+    '<tool_call>\n{"name": "get_current_stock_price", "arguments": {"symbol": "RIVN"}}\n</tool_call>\n'
+    '<tool_call>\n{"name": "get_company_news", "arguments": {"symbol": "RIVN"}}\n</tool_call>'
+)
+SCRIPT = {
+    "scenarios": [
+        {"name": "rivian", "match": "Rivian", "turns": [TWO_CALLS, "RIVN trades at 12.34 USD; news: {tool_response}"]},
+        {"name": "slow", "match": "SLOWLY", "token_latency_ms": 100, "turns": ["This answer is long and slow. " * 20]},
+    ],
+    "default_turns": ["Hello there."],
+}
+EXPECTED_ANSWER = ('RIVN trades at 12.34 USD; news: {"name": "get_company_news", '
+                   '"content": [{"title":"RIVN ships more trucks"')
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, hermes_tokenizer_dir):
+    repo = tmp_path_factory.mktemp("client-repo")
+    engine_dir = make_scripted_engine(repo, SCRIPT, hermes_tokenizer_dir, token_latency_ms=1)
+    make_agent_model(repo, hermes_tokenizer_dir)
+    factory = TritonServerFactory(tmp_path_factory.mktemp("client-logs"))
+    running = factory(repo)
+    running.engine_dir = engine_dir
+    try:
+        yield running
+    finally:
+        factory.stop_all()
+
+
+def run_client(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(CLIENT), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO_ROOT)
+
+
+def url_for(server, protocol: str) -> str:
+    return server.grpc_url if protocol == "grpc" else server.http_url
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_streaming_prints_the_answer_and_nothing_else(server, protocol):
+    done = run_client("-i", protocol, "-u", url_for(server, protocol), "--streaming", "--output-len", "1000",
+                      "--prompt", RIVIAN_PROMPT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(EXPECTED_ANSWER)
+    assert "<tool_call>" not in done.stdout and done.stderr == ""
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_non_streaming_prints_one_answer(server, protocol):
+    done = run_client("-i", protocol, "-u", url_for(server, protocol), "-p", RIVIAN_PROMPT, "-o", "500")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(EXPECTED_ANSWER) and done.stdout.count("RIVN trades at") == 1
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_verbose_prints_the_tool_trace_after_the_answer(server, protocol):
+    done = run_client("-i", protocol, "-u", url_for(server, protocol), "-S", "-v", "-p", RIVIAN_PROMPT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(EXPECTED_ANSWER)
+    assert "--- tool trace ---" in done.stderr and "--- tool trace ---" not in done.stdout
+    assert re.search(r'turn 0: get_current_stock_price\(\{"symbol": "RIVN"\}\) -> ok', done.stderr)
+    assert re.search(r'turn 0: get_company_news\(\{"symbol": "RIVN"\}\) -> ok', done.stderr)
+    assert "finish_reason: stop" in done.stderr
+    usage = json.loads(re.search(r"^usage: (.*)$", done.stderr, re.M).group(1))
+    assert usage["engine_turns"] == 2 and usage["tool_calls"] == 2
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_server_down_gives_one_line_and_exit_2(protocol):
+    port = free_port()
+    done = run_client("-i", protocol, "-u", f"127.0.0.1:{port}", "-p", "hi")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach Triton at 127.0.0.1:{port}: ")
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_bad_request_gives_the_servers_message_and_exit_1(server, protocol):
+    done = run_client("-i", protocol, "-u", url_for(server, protocol), "-p", "hi", "--output-len", "0")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: max_tokens must be between 1 and"), done.stderr
+
+
+def test_unknown_model_is_a_server_error(server):
+    done = run_client("-u", server.grpc_url, "-p", "hi", "--model-name", "no_such_model")
+    assert done.returncode == 1 and "no_such_model" in done.stderr and done.stderr.startswith("error: ")
+
+
+def _cancelled_count(server) -> float:
+    text = urllib.request.urlopen(f"http://{server.metrics_url}/metrics", timeout=5).read().decode()
+    match = re.search(r'fca_requests_total\{model="function_calling_agent",outcome="cancelled"\} (\S+)', text)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_ctrl_c_cancels_the_request_on_the_server(server, protocol):
+    before = _cancelled_count(server)
+    known = {e["request_id"] for e in read_request_log(server.engine_dir)}
+    process = subprocess.Popen(
+        [sys.executable, str(CLIENT), "-i", protocol, "-u", url_for(server, protocol), "-S", "-p", "answer SLOWLY"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT)
+    try:
+        first = process.stdout.read(4)  # tokens are arriving: the slow turn is in flight
+        assert first == b"This"
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    assert b"interrupted" in err
+    deadline = time.monotonic() + 10
+    ended = []
+    while time.monotonic() < deadline:
+        ended = [e for e in read_request_log(server.engine_dir)
+                 if e["event"] == "end" and e["request_id"] not in known and e.get("scenario") == "slow"]
+        if ended and _cancelled_count(server) > before:
+            break
+        time.sleep(0.1)
+    # The engine turn ended early (the agent sent TRT-LLM's stop request) and the agent counted a cancellation.
+    assert ended and ended[0]["end"] in ("stopped", "cancelled") and ended[0]["tokens_sent"] < 100
+    assert _cancelled_count(server) == before + 1
