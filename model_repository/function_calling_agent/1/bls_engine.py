@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import queue
 import threading
 import time
 from typing import Any, Iterable, Optional
@@ -34,9 +36,50 @@ def words_tensor(words: Iterable[Iterable[int]]) -> np.ndarray:
     return array
 
 
+class DaemonThreadPool(concurrent.futures.Executor):
+    """Threads for blocking BLS reads that can never keep the model process from exiting.
+
+    Triton <= 25.03 never delivers a decoupled BLS error that follows streamed responses, so a read can block
+    forever; on the default executor (non-daemon threads) that thread would also block the stub's shutdown.
+    A task is handed to an idle thread, else to a new one (up to `max_workers`), so a blocked read never
+    holds up another.
+    """
+
+    def __init__(self, max_workers: int, name: str = "bls-read"):
+        self._max_workers = max_workers
+        self._name = name
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            elif self._threads < self._max_workers:
+                self._threads += 1
+                threading.Thread(target=self._work, name=f"{self._name}-{self._threads}", daemon=True).start()
+        self._queue.put((future, fn, args, kwargs))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args, kwargs = self._queue.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:
+                    future.set_exception(exc)
+            with self._lock:
+                self._idle += 1
+
+
 class BlsEngineClient:
     def __init__(self, pb_utils, model_name: str, declared_inputs: Iterable[str],
-                 declared_outputs: Iterable[str] = ("output_ids",), *, stop_timeout_s: float = 5.0, logger=None):
+                 declared_outputs: Iterable[str] = ("output_ids",), *, stop_timeout_s: float = 5.0,
+                 read_threads: int = 128, logger=None):
         self._pb = pb_utils
         self.model_name = model_name
         self.declared = frozenset(declared_inputs)
@@ -47,6 +90,7 @@ class BlsEngineClient:
         self.supports_bad_words = "bad_words_list" in self.declared
         self.stop_timeout_s = stop_timeout_s
         self._logger = logger
+        self._reads = DaemonThreadPool(read_threads)
         self.draining = 0  # streams being drained in the background after an early exit
 
     def _tensor(self, name: str, value: Any, dtype) -> Any:
@@ -94,7 +138,7 @@ class BlsEngineClient:
         exhausted = False
         try:
             while True:
-                response = await loop.run_in_executor(None, next, iterator, _END)
+                response = await loop.run_in_executor(self._reads, next, iterator, _END)
                 if response is _END:
                     exhausted = True
                     return
@@ -158,7 +202,7 @@ class BlsEngineClient:
                     self._log_warn(f"stop request for {request_id} failed: {response.error().message()}")
 
         try:
-            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, send), self.stop_timeout_s)
+            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._reads, send), self.stop_timeout_s)
         except Exception as exc:
             self._log_warn(f"stop request for {request_id} did not complete: {exc}")
 

@@ -56,7 +56,8 @@ class TritonPythonModel:
 
         inputs, outputs = self._engine_tensors(args)
         self.engine = BlsEngineClient(pb_utils, self.config.tensorrt_llm_model_name, inputs, outputs,
-                                      stop_timeout_s=self.config.engine_stop_timeout_seconds, logger=self.logger)
+                                      stop_timeout_s=self.config.engine_stop_timeout_seconds,
+                                      read_threads=self.config.bls_threads, logger=self.logger)
         self.metrics = AgentMetrics(pb_utils, self.name)
         self._executor_set = False
         self.logger.log_info(

@@ -103,10 +103,7 @@ def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_lim
     tools = None
     tools_json = _string(arrays, "tools", max_input_chars)
     if tools_json is not None:
-        try:
-            value = json.loads(tools_json)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"tools must be a JSON list of tool names: {exc.msg}") from None
+        value = _load_json(tools_json, "tools must be a JSON list of tool names; tools")
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise InvalidRequest('tools must be a JSON list of tool names, e.g. ["get_current_stock_price"]')
         tools = tuple(dict.fromkeys(value))
@@ -190,10 +187,7 @@ def _sampling(arrays) -> SamplingParams:
 
 
 def _messages(text: str) -> tuple[dict, ...]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"messages is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    value = _load_json(text, "messages")
     if isinstance(value, dict) and isinstance(value.get("messages"), list):
         value = value["messages"]
     if not isinstance(value, list) or not value:
@@ -206,7 +200,7 @@ def _messages(text: str) -> tuple[dict, ...]:
         if not isinstance(message, dict):
             raise InvalidRequest(f"{where} must be an object with role and content")
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise InvalidRequest(f"{where}.role must be one of {sorted(_ROLES)}, got {role!r}")
         content = _content(message.get("content"), where)
         clean: dict = {"role": role, "content": content}
@@ -233,6 +227,15 @@ def _messages(text: str) -> tuple[dict, ...]:
     if out[-1]["role"] not in ("user", "tool"):
         raise InvalidRequest("the last message must be from the user (or a tool result) for the agent to answer")
     return tuple(out)
+
+
+def _load_json(text: str, name: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"{name} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except (ValueError, RecursionError):  # integers past Python's digit limit, nesting past the recursion limit
+        raise InvalidRequest(f"{name} is too deeply nested or holds a number too large to read") from None
 
 
 def _content(content: Any, where: str) -> str:
@@ -263,10 +266,7 @@ def _tool_calls(calls: Any, where: str) -> list:
             raise InvalidRequest(f"{where}.tool_calls[{j}].function.name must be a tool name")
         arguments = fn.get("arguments", {})
         if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
-            except json.JSONDecodeError:
-                raise InvalidRequest(f"{where}.tool_calls[{j}].function.arguments is not valid JSON") from None
+            arguments = _load_json(arguments, f"{where}.tool_calls[{j}].function.arguments") if arguments.strip() else {}
         if not isinstance(arguments, dict):
             raise InvalidRequest(f"{where}.tool_calls[{j}].function.arguments must be a JSON object")
         call_id = call.get("id") if isinstance(call.get("id"), str) else f"call_{j}"

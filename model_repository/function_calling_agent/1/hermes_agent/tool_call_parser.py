@@ -57,9 +57,9 @@ class ToolCallParser:
                 start = self._buffer.find(TOOL_CALL_OPEN)
                 stray = self._buffer.find(TOOL_CALL_CLOSE)
                 if 0 <= stray and (start < 0 or stray < start):
-                    # A closing tag with no opening one is markup, not answer text: drop it.
-                    self._release(self._buffer[:stray], answer)
-                    self._buffer = self._buffer[stray + len(TOOL_CALL_CLOSE):]
+                    # A closing tag with no opening one is markup, not answer text: drop it, then look again at
+                    # what it separated (`<tool_` + `call>` is a tag).
+                    self._buffer = self._buffer[:stray] + self._buffer[stray + len(TOOL_CALL_CLOSE):]
                     continue
                 if start < 0:
                     keep = max(_held_suffix_len(self._buffer, TOOL_CALL_OPEN),
@@ -132,9 +132,13 @@ def _load_object(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         json_error = exc
+    except (ValueError, RecursionError):  # huge integers, deep nesting
+        raise ToolCallFormatError("the tool call is not JSON an agent can read (too deeply nested or too large)")
     try:
         # ast.literal_eval accepts only literals (Python-style quotes, True/None); it never runs code.
-        return ast.literal_eval(text)
+        value = ast.literal_eval(text)
+        json.dumps(value)  # sets, bytes, complex numbers or tuple keys are literals but not JSON
+        return value
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         pass
     raise ToolCallFormatError(

@@ -1,8 +1,9 @@
 """Running validated tool calls: concurrently, each under a timeout, on threads the agent owns.
 
 Python cannot kill a thread, so a tool that hangs past its timeout is abandoned: its caller gets a timeout error at
-once and the thread is counted until it returns. Abandoned threads are capped; once the cap is reached new calls fail
-fast with an error the model can relay, instead of piling up threads or waiting on a starved pool.
+once, the worker slot is freed, and the thread is counted until it returns. Each tool may have at most
+`max_abandoned` threads alive (running or abandoned); past that its calls fail fast with an error the model can relay,
+so one hanging tool can neither pile up threads nor starve the other tools.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class ToolExecutor:
         self._lock = threading.Lock()
         self._running = 0
         self._abandoned = 0
+        self._alive_by_tool: dict[str, int] = {}
         self._slots: Optional[asyncio.Semaphore] = None
         self._slots_loop = None
 
@@ -79,9 +81,6 @@ class ToolExecutor:
     async def _call(self, spec: ToolSpec, kwargs: dict) -> Any:
         if inspect.iscoroutinefunction(spec.fn):
             return await spec.fn(**kwargs)
-        if self._abandoned and self._abandoned >= self.max_abandoned:
-            raise ToolCapacityError(
-                "tool capacity is exhausted by earlier calls that timed out; try again later")
         async with self._semaphore():
             return await self._in_thread(spec, kwargs)
 
@@ -105,6 +104,7 @@ class ToolExecutor:
                 error = exc
             with self._lock:
                 self._running -= 1
+                self._alive_by_tool[spec.name] -= 1
                 state["finished"] = True
                 if state["abandoned"]:
                     self._abandoned -= 1
@@ -115,6 +115,12 @@ class ToolExecutor:
                 pass
 
         with self._lock:
+            alive = self._alive_by_tool.get(spec.name, 0)
+            if alive >= max(self.max_abandoned, 1):
+                raise ToolCapacityError(
+                    f"the tool {spec.name!r} is at capacity: {alive} calls are still running, some past their "
+                    "timeout; try again later")
+            self._alive_by_tool[spec.name] = alive + 1
             self._running += 1
         threading.Thread(target=target, name=f"tool:{spec.name}", daemon=True).start()
         try:
