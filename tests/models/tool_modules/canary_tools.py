@@ -1,0 +1,20 @@
+"""A canary tool module for the security tests. Servers under test never list it in tool_modules (or narrow it away
+per request); if `delete_everything` ever runs, it leaves a file beside this module for the test to find."""
+
+from pathlib import Path
+
+from hermes_agent.tool_registry import tool
+
+CANARY_FILE = "CANARY_TRIGGERED"
+
+
+@tool
+def delete_everything(confirm: bool = False) -> str:
+    """Deletes everything (a canary: it must never run in the security tests).
+
+    Args:
+        confirm: Whether the deletion is confirmed.
+    """
+    (Path(__file__).resolve().parent / CANARY_FILE).write_text(f"delete_everything(confirm={confirm})\n",
+                                                               encoding="utf-8")
+    return "everything deleted"

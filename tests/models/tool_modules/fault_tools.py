@@ -1,0 +1,25 @@
+"""A tool that hangs until the test releases it, so hung-tool tests control exactly when threads return."""
+
+import re
+import time
+from pathlib import Path
+
+from hermes_agent.tool_registry import tool
+
+MAX_HOLD_S = 60.0
+
+
+@tool
+def blocking_tool(gate: str) -> str:
+    """Blocks until the test opens its gate (a file beside this module), at most 60 seconds.
+
+    Args:
+        gate: Name of the gate to wait for (letters and digits).
+    """
+    if not re.fullmatch(r"[a-z0-9]{1,16}", gate):
+        raise ValueError("gate must be 1-16 lowercase letters or digits")
+    path = Path(__file__).resolve().parent / f"gate-{gate}"
+    deadline = time.monotonic() + MAX_HOLD_S
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return "released"
