@@ -3,7 +3,7 @@
 # download the checkpoint once, fill the cpu repository (our agent + the CPU engine as `tensorrt_llm`), and run the
 # CPU tritonserver from the nvidia-pytriton wheel in the foreground (deploy/triton_launcher.py).
 #
-# Environment: HF_MODEL (default NousResearch/Hermes-2-Pro-Llama-3-8B), HF_REVISION (main), CHECKPOINT_DIR
+# Environment: HF_MODEL (default Qwen/Qwen2.5-1.5B-Instruct, as ./serve.sh), HF_REVISION (main), CHECKPOINT_DIR
 # (/checkpoints/<model name>), MODEL_REPOSITORY_DIR (/tmp/model_repository), CONFIGURE_VALUES (optional values
 # file), HTTP_PORT/GRPC_PORT/METRICS_PORT (8000/8001/8002). HF_TOKEN is honoured for gated models.
 set -euo pipefail
@@ -11,7 +11,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$(dirname "$here")"
 
-model="${HF_MODEL:-NousResearch/Hermes-2-Pro-Llama-3-8B}"
+model="${HF_MODEL:-Qwen/Qwen2.5-1.5B-Instruct}"
 checkpoint_dir="${CHECKPOINT_DIR:-/checkpoints/$(basename "$model")}"
 repository="${MODEL_REPOSITORY_DIR:-/tmp/model_repository}"
 
