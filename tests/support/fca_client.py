@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import queue
 import re
+import signal
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
@@ -224,3 +227,36 @@ def value(samples, name: str, **labels) -> float:
 
 def fca_lines(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if line.startswith("fca_"))
+
+
+def process_tree(pid: int) -> list[int]:
+    """The server and its descendants (the Python backend stubs)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def stop_with_stubs(running) -> None:
+    """Stops a RunningServer, then kills its Python backend stubs that outlive it.
+
+    A stub whose non-daemon thread is stuck in a BLS read never exits (see the mid-stream engine failure bug) and would
+    otherwise stay behind as an orphan after the server is gone.
+    """
+    stubs = process_tree(running.pid)[1:] if running.server.is_alive() else []
+    running.stop()
+    for pid in stubs:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
