@@ -42,3 +42,19 @@ def hermes_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, hermes_tokenizer_dir: str) -> str:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), hermes_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(hermes_tokenizer_dir: str):
+    """The offline Hermes-shaped tokenizer, loaded once per module."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(hermes_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def chat(tokenizer):
+    """The agent core's ChatFormat over that tokenizer (the test module puts the agent folder on sys.path)."""
+    from hermes_agent.chat_format import ChatFormat
+
+    return ChatFormat(tokenizer)

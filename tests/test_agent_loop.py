@@ -14,7 +14,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "model_repository", "function_calling_agent", "1"))
 
 import pytest  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
 
 from hermes_agent.chat_format import FINAL_ANSWER_NOTE, ChatFormat  # noqa: E402
 from hermes_agent.engine import EngineError  # noqa: E402
@@ -49,16 +48,6 @@ def call(name: str, **arguments) -> str:
 
 
 PRICE_CALL = call("get_price", symbol="RIVN")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(hermes_tokenizer_dir):
-    return AutoTokenizer.from_pretrained(hermes_tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def chat(tokenizer):
-    return ChatFormat(tokenizer)
 
 
 @pytest.fixture

@@ -34,16 +34,6 @@ CUSTOM_TEMPLATE = BUILTIN_HERMES_TEMPLATE.replace("You are a function calling AI
 USER_TURN_TEMPLATE = BUILTIN_HERMES_TEMPLATE.replace("'<|im_start|>tool\\n'", "'<|im_start|>user\\n'")
 
 
-@pytest.fixture(scope="module")
-def tokenizer(hermes_tokenizer_dir):
-    return AutoTokenizer.from_pretrained(hermes_tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def chat(tokenizer):
-    return ChatFormat(tokenizer)
-
-
 @pytest.fixture
 def fresh_tokenizer(hermes_tokenizer_dir):
     """A tokenizer whose chat_template a test may change."""

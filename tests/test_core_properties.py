@@ -13,9 +13,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
 
-from hermes_agent.chat_format import FINAL_ANSWER_NOTE, ChatFormat  # noqa: E402
+from hermes_agent.chat_format import FINAL_ANSWER_NOTE  # noqa: E402
 from hermes_agent.loop import AgentLimits, AgentRequest, AgentRun  # noqa: E402
 from hermes_agent.tool_call_parser import (  # noqa: E402
     TOOL_CALL_CLOSE,
@@ -172,16 +171,6 @@ ECHO_TOOLS = {"echo": ToolSpec("echo", "Returns its payload.", {"type": "object"
 echo_blocks = tool_call_blocks(names=st.sampled_from(["echo", "echo", "nope"]),
                                args=st.fixed_dictionaries({}, optional={"payload": json_values}))
 plain_text = st.text(CHARS, max_size=24).filter(lambda t: not any(s in t for s in SPECIAL_TOKENS))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(hermes_tokenizer_dir):
-    return AutoTokenizer.from_pretrained(hermes_tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def chat(tokenizer):
-    return ChatFormat(tokenizer)
 
 
 @examples(300)
