@@ -136,9 +136,16 @@ class BlsEngineClient:
             raise EngineError(f"engine model {self.model_name!r} could not be called: {exc}") from exc
         iterator = iter(responses)
         exhausted = False
+        reading: Optional[concurrent.futures.Future] = None
         try:
             while True:
-                response = await loop.run_in_executor(self._reads, next, iterator, _END)
+                # One consumer at a time: 2.51's ResponseIterator.Next() locks its mutex while holding the GIL and
+                # takes the GIL back while holding the mutex, so two threads in Next() on one stream deadlock the
+                # whole stub (and race on the iterator's Clear()). A read cancelled by an early exit may still be
+                # blocked in Next(); the drain below waits for it before it reads on.
+                reading = self._reads.submit(next, iterator, _END)
+                response = await asyncio.wrap_future(reading, loop=loop)
+                reading = None
                 if response is _END:
                     exhausted = True
                     return
@@ -155,20 +162,30 @@ class BlsEngineClient:
                     yield flat.tolist()
         finally:
             if not exhausted:
-                self._drain_in_background(iterator, request.request_id)
+                self._drain_in_background(iterator, request.request_id, reading)
 
     def _read_stats(self, response, stats: EngineTurnStats) -> None:
         reused = self._pb.get_output_tensor_by_name(response, "prefix_reused_tokens")
         if reused is not None:
             stats.reused_prompt_tokens = int(reused.as_numpy().reshape(-1)[0])
 
-    def _drain_in_background(self, iterator, request_id: str) -> None:
-        """Consumes what is left of an abandoned stream so the engine's responses are released, within a bound."""
+    def _drain_in_background(self, iterator, request_id: str,
+                             reading: Optional[concurrent.futures.Future] = None) -> None:
+        """Consumes what is left of an abandoned stream so the engine's responses are released, within a bound.
+
+        `reading` is the read that was in flight when the stream was abandoned: the drain starts only once it is
+        over, so the iterator never has two consumers.
+        """
         self.draining += 1
         deadline = time.monotonic() + self.stop_timeout_s
 
         def drain():
             try:
+                if reading is not None:
+                    concurrent.futures.wait([reading])  # never raises; a read cancelled before it ran is done too
+                    if reading.done() and not reading.cancelled() and reading.exception() is None \
+                            and reading.result() is _END:
+                        return
                 for _ in iterator:
                     if time.monotonic() > deadline:
                         self._log_warn(f"engine stream {request_id} still open {self.stop_timeout_s:g} s after stop")

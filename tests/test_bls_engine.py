@@ -1,0 +1,210 @@
+"""BlsEngineClient against a stand-in for the Python backend's BLS objects (no server needed).
+
+The stand-in enforces what Triton 2.51's ResponseIterator needs but does not check itself: one consumer at a time.
+Two threads in its Next() deadlock the stub (mutex taken under the GIL, GIL retaken under the mutex); the soak found
+that when a client cancel abandoned a stream while a read was still blocked and the drain began reading beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model_repository" / "function_calling_agent" / "1"))
+
+from bls_engine import BlsEngineClient, words_tensor  # noqa: E402
+from hermes_agent.engine import EngineError, EngineRequest, EngineTurnStats, SamplingParams  # noqa: E402
+
+INPUTS = ("input_ids", "input_lengths", "request_output_len", "streaming", "end_id", "stop")
+
+
+class _Tensor:
+    def __init__(self, name, array):
+        self.name, self.array = name, np.asarray(array)
+
+    def as_numpy(self):
+        return self.array
+
+
+class _Response:
+    def __init__(self, ids=None, error=None):
+        self.ids, self.message = ids, error
+
+    def has_error(self):
+        return self.message is not None
+
+    def error(self):
+        message = self.message
+        return type("Err", (), {"message": lambda self: message})()
+
+
+class SingleConsumerStream:
+    """A BLS response stream that hands out responses only when the test releases them, and records overlap."""
+
+    def __init__(self, responses):
+        self._responses = list(responses)
+        self._released = threading.Semaphore(0)
+        self._guard = threading.Lock()
+        self.inside = threading.Event()  # a consumer is blocked in __next__
+        self.overlaps = 0
+        self.reads = 0
+        self.finished = threading.Event()
+
+    def release(self, count=1):
+        for _ in range(count):
+            self._released.release()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self._guard.acquire(blocking=False):
+            self.overlaps += 1
+            raise AssertionError("two consumers in ResponseIterator.Next()")
+        try:
+            if not self._responses:
+                self.finished.set()
+                raise StopIteration
+            self.inside.set()
+            self._released.acquire()
+            self.inside.clear()
+            self.reads += 1
+            return self._responses.pop(0)
+        finally:
+            self._guard.release()
+
+
+class FakePb:
+    def __init__(self, stream):
+        self.stream = stream
+        self.requests = []
+
+    def Tensor(self, name, array):
+        return _Tensor(name, array)
+
+    def InferenceRequest(self, model_name, inputs, requested_output_names, request_id):
+        fake = self
+
+        class _Request:
+            def __init__(self):
+                self.inputs = {t.name: t.as_numpy() for t in inputs}
+                fake.requests.append(self)
+
+            async def async_exec(self, decoupled):
+                assert decoupled
+                return fake.stream
+
+            def exec(self, decoupled):
+                return iter([_Response()])
+
+        return _Request()
+
+    @staticmethod
+    def get_output_tensor_by_name(response, name):
+        if name == "output_ids" and response.ids is not None:
+            return _Tensor(name, np.array([[response.ids]], dtype=np.int32))
+        return None
+
+
+def _request():
+    return EngineRequest(request_id="r1", prompt_ids=[1, 2, 3], max_tokens=8, sampling=SamplingParams(), end_id=2,
+                         pad_id=2)
+
+
+def _client(stream):
+    pb = FakePb(stream)
+    return pb, BlsEngineClient(pb, "tensorrt_llm", INPUTS, stop_timeout_s=5.0, read_threads=8)
+
+
+def _wait(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_streams_ids_and_sends_the_engine_inputs():
+    stream = SingleConsumerStream([_Response([5]), _Response([6, 7]), _Response(None)])
+    pb, client = _client(stream)
+    stream.release(3)
+
+    async def main():
+        return [chunk async for chunk in client.generate(_request(), EngineTurnStats())]
+
+    assert asyncio.run(main()) == [[5], [6, 7]]
+    sent = pb.requests[0].inputs
+    assert sent["input_ids"].tolist() == [[1, 2, 3]] and sent["input_lengths"].tolist() == [[3]]
+    assert sent["streaming"].tolist() == [[True]] and sent["end_id"].tolist() == [[2]]
+    assert client.draining == 0 and stream.overlaps == 0
+
+
+def test_engine_error_response_becomes_engine_error():
+    stream = SingleConsumerStream([_Response([5]), _Response(error="boom")])
+    _, client = _client(stream)
+    stream.release(2)
+
+    async def main():
+        async for _ in client.generate(_request(), EngineTurnStats()):
+            pass
+
+    with pytest.raises(EngineError, match="boom"):
+        asyncio.run(main())
+
+
+def test_abandoning_a_stream_mid_read_never_adds_a_second_consumer():
+    stream = SingleConsumerStream([_Response([5]), _Response([6]), _Response([7]), _Response(None)])
+    _, client = _client(stream)
+    stream.release(1)
+
+    async def main():
+        generator = client.generate(_request(), EngineTurnStats())
+        assert await generator.__anext__() == [5]
+        pending = asyncio.ensure_future(generator.__anext__())
+        await asyncio.to_thread(_wait, stream.inside.is_set)  # the next read is blocked inside the iterator
+        pending.cancel()  # a client cancel: the read is still in flight when the drain starts
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        await generator.aclose()
+
+    asyncio.run(main())
+    time.sleep(0.05)  # an overlapping drain would have entered __next__ by now
+    assert stream.overlaps == 0
+    assert client.draining == 1  # waiting for the read in flight, not reading
+    stream.release(3)
+    _wait(lambda: client.draining == 0)
+    assert stream.overlaps == 0
+    assert stream.reads == 4 and stream.finished.is_set()  # the drain consumed the rest of the stream
+
+
+def test_drain_stops_after_a_read_that_ended_the_stream():
+    stream = SingleConsumerStream([_Response([5])])
+    _, client = _client(stream)
+    stream.release(1)
+
+    async def main():
+        generator = client.generate(_request(), EngineTurnStats())
+        assert await generator.__anext__() == [5]
+        pending = asyncio.ensure_future(generator.__anext__())
+        await asyncio.to_thread(_wait, lambda: stream.finished.is_set())
+        pending.cancel()
+        try:
+            await pending
+        except (asyncio.CancelledError, StopAsyncIteration):
+            pass
+        await generator.aclose()
+
+    asyncio.run(main())
+    _wait(lambda: client.draining == 0)
+    assert stream.overlaps == 0
+
+
+def test_words_tensor_layout():
+    array = words_tensor([[7, 8], [9]])
+    assert array.shape == (1, 2, 3)
+    assert array[0, 0].tolist() == [7, 8, 9] and array[0, 1].tolist() == [2, 3, -1]
