@@ -245,14 +245,20 @@ def _decode(result) -> dict:
     return out
 
 
-def grpc_agent(agent: Agent, timeout: float = 30.0, **values) -> Reply:
-    """One request over a gRPC stream, FINAL flags made visible; collects every response until the stream closes."""
+def grpc_agent(agent: Agent, timeout: float = 30.0, outputs: Optional[list[str]] = None, **values) -> Reply:
+    """One request over a gRPC stream, FINAL flags made visible; collects every response until the stream closes.
+
+    `outputs` names the outputs to request (default: all of them)."""
+    import tritonclient.grpc as grpcclient
+
     values.setdefault("max_tokens", 256)
+    requested = None if outputs is None else [grpcclient.InferRequestedOutput(name) for name in outputs]
     client = agent.server.grpc_client()
     responses: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
     request_id = f"it-{uuid.uuid4().hex[:12]}"
-    client.async_stream_infer(MODEL, grpc_inputs(values), request_id=request_id, enable_empty_final_response=True)
+    client.async_stream_infer(MODEL, grpc_inputs(values), outputs=requested, request_id=request_id,
+                              enable_empty_final_response=True)
     reply = Reply(deltas=[], final=None, error=None, finals=0, errors=0, after_final=0, request_id=request_id)
     deadline = time.monotonic() + timeout
     done = False
@@ -476,6 +482,19 @@ def test_loop_path(agent, path, stream):
     if case.finish_reason == "incomplete":
         assert answer == ""
         assert "still called tools on its last turn" in trace["detail"]
+
+
+def test_only_the_requested_outputs_are_sent(agent):
+    # The agent filters its responses itself: Triton 2.51 would prune the others inside send() without the GIL.
+    text_only = grpc_agent(agent, outputs=["text_output"], text_input="[two] NVDA price and news", stream=False)
+    assert text_only.errors == 0 and text_only.finals == 1
+    assert set(text_only.final) == {"text_output"} and text_only.final["text_output"]
+    status = grpc_agent(agent, outputs=["finish_reason", "usage"], text_input="[two] NVDA price and news",
+                        stream=True)
+    assert status.errors == 0 and status.finals == 1
+    assert set(status.final) == {"finish_reason", "usage"} and status.final["finish_reason"] == "stop"
+    assert not "".join(status.deltas)  # text deltas were not asked for
+    assert json.loads(status.final["usage"])["tool_calls"] == 2
 
 
 def test_stream_and_nostream_give_the_same_answer(agent):

@@ -93,6 +93,13 @@ class TritonPythonModel:
 
     async def _handle(self, request):
         sender = request.get_response_sender()
+        # Send only the outputs the client asked for: Triton <= 24.12 prunes the others inside send() without
+        # holding the GIL, which corrupts the stub's heap under load (python_backend #390).
+        requested = frozenset(request.requested_output_names())
+
+        def respond(tensors, flags=0):
+            tensors = [t for t in tensors if t.name() in requested]
+            sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)
         outcome, iterations, calls = "error", None, ()
         final_sent = False
 
@@ -116,7 +123,7 @@ class TritonPythonModel:
                     first_token[0] = time.monotonic() - started
                     self.metrics.first_token(first_token[0])
                 if client.stream:
-                    sender.send(pb_utils.InferenceResponse(output_tensors=[_strings("text_output", [delta])]))
+                    respond([_strings("text_output", [delta])])
 
             run = AgentRun(
                 engine=self.engine, chat=self.chat, tools=tools, executor=self.executor,
@@ -139,7 +146,7 @@ class TritonPythonModel:
             ]
             if client.return_trace:
                 tensors.append(_strings("tool_trace", [json.dumps(result.trace(), ensure_ascii=False)]))
-            sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=_FINAL)
+            respond(tensors, flags=_FINAL)
             final_sent = True
             self._log_calls(run_id, request, result)
         except (InvalidRequest, ContextBudgetError, ToolNotOfferedError) as exc:

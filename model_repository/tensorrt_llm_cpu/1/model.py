@@ -36,10 +36,13 @@ class _ResponseChannel:
 
     def __init__(self, request) -> None:
         self._sender = request.get_response_sender()
+        # Only what the caller asked for: Triton <= 24.12 prunes the others inside send() without holding the GIL,
+        # freeing their numpy arrays unsafely and corrupting the stub's heap under load (python_backend #390).
+        self._requested = frozenset(request.requested_output_names())
         self.closed = False
 
     def send(self, outputs: dict, final: bool = False) -> None:
-        tensors = [pb_utils.Tensor(name, array) for name, array in outputs.items()]
+        tensors = [pb_utils.Tensor(name, array) for name, array in outputs.items() if name in self._requested]
         if final:
             self.closed = True
         self._sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=FINAL if final else 0)

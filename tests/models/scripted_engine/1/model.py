@@ -144,14 +144,16 @@ def read_request(request) -> EngineRequest:
     )
 
 
-def ids_response(ids: list[int]) -> "pb_utils.InferenceResponse":
+def ids_response(ids: list[int], requested: frozenset) -> "pb_utils.InferenceResponse":
+    outputs = {
+        "output_ids": np.asarray(ids, dtype=np.int32).reshape(1, 1, -1),
+        "sequence_length": np.array([[len(ids)]], dtype=np.int32),
+        "prefix_reused_tokens": np.zeros((1, 1), dtype=np.int32),
+    }
+    # Only what the caller asked for: Triton <= 24.12 prunes the others inside send() without holding the GIL,
+    # which corrupts the stub's heap under load (python_backend #390).
     return pb_utils.InferenceResponse(
-        output_tensors=[
-            pb_utils.Tensor("output_ids", np.asarray(ids, dtype=np.int32).reshape(1, 1, -1)),
-            pb_utils.Tensor("sequence_length", np.array([[len(ids)]], dtype=np.int32)),
-            pb_utils.Tensor("prefix_reused_tokens", np.zeros((1, 1), dtype=np.int32)),
-        ]
-    )
+        output_tensors=[pb_utils.Tensor(name, array) for name, array in outputs.items() if name in requested])
 
 
 class Responder:
@@ -159,6 +161,7 @@ class Responder:
 
     def __init__(self, request):
         self._sender = request.get_response_sender()
+        self.requested = frozenset(request.requested_output_names())
         self.final_sent = False
 
     def send(self, response=None, final: bool = False) -> None:
@@ -331,7 +334,7 @@ class TritonPythonModel:
             sent.append(ids[i])
             if req.streaming:
                 last = i == count - 1 and plan.fail_after_tokens is None
-                responder.send(ids_response([ids[i]]), final=last)
+                responder.send(ids_response([ids[i]], responder.requested), final=last)
 
         if interrupted == "cancelled":
             responder.error("scripted_engine: request cancelled", pb_utils.TritonError.CANCELLED)
@@ -340,7 +343,8 @@ class TritonPythonModel:
             responder.error(f"{failure} after {len(sent)} tokens", pb_utils.TritonError.INTERNAL)
             return "failed", len(sent)
         if not req.streaming:
-            responder.send(ids_response(sent if req.exclude_input else req.input_ids + sent), final=True)
+            responder.send(ids_response(sent if req.exclude_input else req.input_ids + sent, responder.requested),
+                           final=True)
         elif not responder.final_sent:  # stopped, or nothing to send
             responder.send(final=True)
         if interrupted == "stopped":
