@@ -11,6 +11,7 @@ import asyncio
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model_repository" / "function_calling_agent" / "1"))
 
-from bls_engine import BlsEngineClient, words_tensor  # noqa: E402
+from bls_engine import BlsEngineClient, IteratorKeeper, words_tensor  # noqa: E402
 from hermes_agent.engine import EngineError, EngineRequest, EngineTurnStats, SamplingParams  # noqa: E402
 
 INPUTS = ("input_ids", "input_lengths", "request_output_len", "streaming", "end_id", "stop")
@@ -138,6 +139,7 @@ def test_streams_ids_and_sends_the_engine_inputs():
         return [chunk async for chunk in client.generate(_request(), EngineTurnStats())]
 
     assert asyncio.run(main()) == [[5], [6, 7]]
+    assert len(client.finished_streams) == 1  # held past the stub's cleanup of the finished stream
     sent = pb.requests[0].inputs
     assert sent["input_ids"].tolist() == [[1, 2, 3]] and sent["input_lengths"].tolist() == [[3]]
     assert sent["streaming"].tolist() == [[True]] and sent["end_id"].tolist() == [[2]]
@@ -180,6 +182,7 @@ def test_abandoning_a_stream_mid_read_never_adds_a_second_consumer():
     _wait(lambda: client.draining == 0)
     assert stream.overlaps == 0
     assert stream.reads == 4 and stream.finished.is_set()  # the drain consumed the rest of the stream
+    assert len(client.finished_streams) == 1
 
 
 def test_drain_stops_after_a_read_that_ended_the_stream():
@@ -208,3 +211,19 @@ def test_words_tensor_layout():
     array = words_tensor([[7, 8], [9]])
     assert array.shape == (1, 2, 3)
     assert array[0, 0].tolist() == [7, 8, 9] and array[0, 1].tolist() == [2, 3, -1]
+
+
+def test_keeper_holds_finished_iterators_for_the_grace_period_then_lets_go():
+    class Stream:
+        pass
+
+    keeper = IteratorKeeper(grace_s=0.2)
+    first = Stream()
+    ref = weakref.ref(first)
+    keeper.keep(first)
+    del first
+    keeper.keep(Stream())
+    assert ref() is not None and len(keeper) == 2  # within the grace period nothing is dropped
+    time.sleep(0.25)
+    keeper.keep(Stream())  # the next keep releases what has expired, in the caller's (GIL-holding) thread
+    assert ref() is None and len(keeper) == 1

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import queue
 import threading
@@ -76,6 +77,34 @@ class DaemonThreadPool(concurrent.futures.Executor):
                 self._idle += 1
 
 
+class IteratorKeeper:
+    """Holds finished BLS response iterators for a grace period, then lets them go from a thread that holds the GIL.
+
+    When an iterator has read its FINAL response, Triton's stub queues a cleanup that later drops the stub's own
+    reference from its service thread, without the GIL. If Python had already dropped the iterator, that thread frees
+    every response's numpy arrays unsafely and corrupts the heap (Triton <= 24.12; seen here as SIGSEGV in pymalloc
+    about once per 20,000 requests). Keeping Python's reference until the cleanup has surely run avoids it. Only
+    finished iterators may be kept: dropping an unfinished one blocks the dropping thread until its stream ends.
+    """
+
+    def __init__(self, grace_s: float = 3.0):
+        self.grace_s = grace_s
+        self._held: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+
+    def keep(self, iterator) -> None:
+        now = time.monotonic()
+        expired = []
+        with self._lock:
+            self._held.append((now + self.grace_s, iterator))
+            while self._held[0][0] <= now:
+                expired.append(self._held.popleft()[1])
+        expired.clear()  # the last references go here, outside the lock
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
 class BlsEngineClient:
     def __init__(self, pb_utils, model_name: str, declared_inputs: Iterable[str],
                  declared_outputs: Iterable[str] = ("output_ids",), *, stop_timeout_s: float = 5.0,
@@ -91,6 +120,7 @@ class BlsEngineClient:
         self.stop_timeout_s = stop_timeout_s
         self._logger = logger
         self._reads = DaemonThreadPool(read_threads)
+        self.finished_streams = IteratorKeeper()
         self.draining = 0  # streams being drained in the background after an early exit
 
     def _tensor(self, name: str, value: Any, dtype) -> Any:
@@ -148,6 +178,7 @@ class BlsEngineClient:
                 reading = None
                 if response is _END:
                     exhausted = True
+                    self.finished_streams.keep(iterator)
                     return
                 if response.has_error():
                     raise EngineError(f"engine model {self.model_name!r} failed: {response.error().message()}")
@@ -185,11 +216,14 @@ class BlsEngineClient:
                     concurrent.futures.wait([reading])  # never raises; a read cancelled before it ran is done too
                     if reading.done() and not reading.cancelled() and reading.exception() is None \
                             and reading.result() is _END:
+                        self.finished_streams.keep(iterator)
                         return
                 for _ in iterator:
                     if time.monotonic() > deadline:
                         self._log_warn(f"engine stream {request_id} still open {self.stop_timeout_s:g} s after stop")
                         break
+                else:
+                    self.finished_streams.keep(iterator)
             except Exception:
                 pass
             finally:
@@ -214,9 +248,11 @@ class BlsEngineClient:
         )
 
         def send():
-            for response in infer.exec(decoupled=True):
+            responses = infer.exec(decoupled=True)
+            for response in responses:
                 if response.has_error():
                     self._log_warn(f"stop request for {request_id} failed: {response.error().message()}")
+            self.finished_streams.keep(responses)
 
         try:
             await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._reads, send), self.stop_timeout_s)
