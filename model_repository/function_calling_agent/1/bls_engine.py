@@ -82,7 +82,7 @@ class IteratorKeeper:
 
     When an iterator has read its FINAL response, Triton's stub queues a cleanup that later drops the stub's own
     reference from its service thread, without the GIL. If Python had already dropped the iterator, that thread frees
-    every response's numpy arrays unsafely and corrupts the heap (Triton <= 24.12; seen here as SIGSEGV in pymalloc
+    every response's numpy arrays unsafely and corrupts the heap (Triton <= 24.11; seen here as SIGSEGV in pymalloc
     about once per 20,000 requests). Keeping Python's reference until the cleanup has surely run avoids it. Only
     finished iterators may be kept: dropping an unfinished one blocks the dropping thread until its stream ends.
     """

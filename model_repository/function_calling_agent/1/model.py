@@ -93,7 +93,7 @@ class TritonPythonModel:
 
     async def _handle(self, request):
         sender = request.get_response_sender()
-        # Send only the outputs the client asked for: Triton <= 24.12 prunes the others inside send() without
+        # Send only the outputs the client asked for: Triton <= 24.11 prunes the others inside send() without
         # holding the GIL, which corrupts the stub's heap under load (python_backend #390).
         requested = frozenset(request.requested_output_names())
 

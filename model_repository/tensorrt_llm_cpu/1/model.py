@@ -36,7 +36,7 @@ class _ResponseChannel:
 
     def __init__(self, request) -> None:
         self._sender = request.get_response_sender()
-        # Only what the caller asked for: Triton <= 24.12 prunes the others inside send() without holding the GIL,
+        # Only what the caller asked for: Triton <= 24.11 prunes the others inside send() without holding the GIL,
         # freeing their numpy arrays unsafely and corrupting the stub's heap under load (python_backend #390).
         self._requested = frozenset(request.requested_output_names())
         self.closed = False

@@ -150,7 +150,7 @@ def ids_response(ids: list[int], requested: frozenset) -> "pb_utils.InferenceRes
         "sequence_length": np.array([[len(ids)]], dtype=np.int32),
         "prefix_reused_tokens": np.zeros((1, 1), dtype=np.int32),
     }
-    # Only what the caller asked for: Triton <= 24.12 prunes the others inside send() without holding the GIL,
+    # Only what the caller asked for: Triton <= 24.11 prunes the others inside send() without holding the GIL,
     # which corrupts the stub's heap under load (python_backend #390).
     return pb_utils.InferenceResponse(
         output_tensors=[pb_utils.Tensor(name, array) for name, array in outputs.items() if name in requested])
