@@ -85,6 +85,7 @@ class FakePb:
     def __init__(self, stream):
         self.stream = stream
         self.requests = []
+        self.exec_delay_s = 0.0  # how long async_exec takes to hand back the stream
 
     def Tensor(self, name, array):
         return _Tensor(name, array)
@@ -99,6 +100,7 @@ class FakePb:
 
             async def async_exec(self, decoupled):
                 assert decoupled
+                await asyncio.sleep(fake.exec_delay_s)
                 return fake.stream
 
             def exec(self, decoupled):
@@ -182,6 +184,28 @@ def test_abandoning_a_stream_mid_read_never_adds_a_second_consumer():
     _wait(lambda: client.draining == 0)
     assert stream.overlaps == 0
     assert stream.reads == 4 and stream.finished.is_set()  # the drain consumed the rest of the stream
+    assert len(client.finished_streams) == 1
+
+
+def test_a_cancel_during_the_call_still_drains_the_stream_it_returns():
+    # Unread, the stream would keep every response in the stub and deadlock the stub's unload (Triton 2.51).
+    stream = SingleConsumerStream([_Response([5]), _Response(None)])
+    pb, client = _client(stream)
+    pb.exec_delay_s = 0.2
+    stream.release(2)
+
+    async def main():
+        generator = client.generate(_request(), EngineTurnStats())
+        pending = asyncio.ensure_future(generator.__anext__())
+        await asyncio.sleep(0.05)  # the call is under way
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        await asyncio.sleep(0.3)  # the call returns after its caller has gone
+
+    asyncio.run(main())
+    _wait(lambda: stream.finished.is_set() and client.draining == 0)
+    assert stream.reads == 2 and stream.overlaps == 0
     assert len(client.finished_streams) == 1
 
 

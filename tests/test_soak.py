@@ -256,3 +256,27 @@ def test_soak_mixed_traffic_loses_nothing(server):
     # Leak guards, loose on purpose: the numbers themselves go to the summary.
     assert after["threads"] - before["threads"] <= 32
     assert after["rss_kib"] - before["rss_kib"] <= 256 * 1024
+
+
+@pytest.mark.timeout(120)
+def test_server_unloads_cleanly_after_the_soak(server):
+    # After the soak no engine stream may be left unread in the agent's stub: Triton 2.51's stub deadlocks at unload
+    # when its iterator map still holds one, the server gives up after --exit-timeout-secs and the stub crashes.
+    assert server.server.is_alive()
+    stubs = process_tree(server.pid)[1:]
+    code = server.stop()
+    log = server.log_text()
+    assert "Exit timeout expired" not in log, server.log_tail(20)
+    assert "successfully unloaded 'function_calling_agent'" in log and "function_calling_agent finalized" in log
+    assert code == 0
+
+    def running(pid: int) -> bool:  # a zombie waiting to be reaped has exited
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(running(pid) for pid in stubs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in stubs if running(pid)], "a backend stub outlived the server"

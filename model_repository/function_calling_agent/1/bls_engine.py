@@ -160,8 +160,14 @@ class BlsEngineClient:
             request_id=request.request_id,
         )
         loop = asyncio.get_running_loop()
+        calling = asyncio.ensure_future(infer.async_exec(decoupled=True))
         try:
-            responses = await infer.async_exec(decoupled=True)
+            # Shielded: a cancel while the call is under way must not orphan the stream it returns. An unread stream
+            # keeps every response in the stub and, left in the stub's iterator map, deadlocks the stub at unload.
+            responses = await asyncio.shield(calling)
+        except asyncio.CancelledError:
+            calling.add_done_callback(lambda done: self._drain_orphan(done, request.request_id))
+            raise
         except Exception as exc:
             raise EngineError(f"engine model {self.model_name!r} could not be called: {exc}") from exc
         iterator = iter(responses)
@@ -199,6 +205,11 @@ class BlsEngineClient:
         reused = self._pb.get_output_tensor_by_name(response, "prefix_reused_tokens")
         if reused is not None:
             stats.reused_prompt_tokens = int(reused.as_numpy().reshape(-1)[0])
+
+    def _drain_orphan(self, call: "asyncio.Future", request_id: str) -> None:
+        """Drains the stream of a call whose caller was cancelled before the call returned."""
+        if not call.cancelled() and call.exception() is None:
+            self._drain_in_background(iter(call.result()), request_id)
 
     def _drain_in_background(self, iterator, request_id: str,
                              reading: Optional[concurrent.futures.Future] = None) -> None:
