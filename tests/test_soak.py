@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent_repo import make_agent_model
-from tests.support.fca_client import (MODEL, StreamOutcome, fca_lines, make_inputs, process_tree, read_response,
-                                      scrape, scrape_text, stop_with_stubs, value)
+from tests.support.fca_client import (MODEL, StreamOutcome, dump_stacks, fca_lines, make_inputs, process_tree,
+                                      read_response, scrape, scrape_text, stop_with_stubs, value)
 from tests.support.scripted_repo import make_scripted_engine
 from tests.support.triton_server import TritonServerFactory
 
@@ -199,6 +199,12 @@ def server(tmp_path_factory, hermes_tokenizer_dir):
             stop_with_stubs(running)
 
 
+def diagnose(server) -> str:
+    """Stacks of the stubs (needs py-spy) and the server log's tail, for a soak that lost requests."""
+    files = dump_stacks(server.pid, Path(server.server.log_path).parent)
+    return f"stub stacks: {files or 'py-spy not found'}; server log tail:\n{server.log_tail(15)}"
+
+
 def settle(server, timeout: float = 15.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -213,7 +219,8 @@ def settle(server, timeout: float = 15.0):
 @pytest.mark.timeout(600)
 def test_soak_mixed_traffic_loses_nothing(server):
     warm_records, _ = asyncio.run(run_load(server.grpc_url, plan(WARMUP, seed=1), seed=1, time_limit_s=120))
-    assert not [(r.kind, r.outcome) for r in warm_records if r.verdict in ("lost", "wrong")]
+    warm_failed = [(r.kind, r.outcome) for r in warm_records if r.verdict in ("lost", "wrong")]
+    assert not warm_failed, (diagnose(server), warm_failed[:3])
     time.sleep(1)
     before_metrics = settle(server)
     before = usage(server.pid)
@@ -245,7 +252,9 @@ def test_soak_mixed_traffic_loses_nothing(server):
     SUMMARY_PATH.write_text(summary + "\n", encoding="utf-8")
 
     wrong = [(r.kind, r.outcome) for r in records if r.verdict in ("wrong", "lost")][:5]
-    assert len(records) == REQUESTS, f"only {len(records)} requests within {TIME_LIMIT_S:.0f} s"
+    if len(records) != REQUESTS or wrong:
+        wrong.insert(0, diagnose(server))
+    assert len(records) == REQUESTS, (f"only {len(records)} requests within {TIME_LIMIT_S:.0f} s", wrong)
     assert verdicts["lost"] == 0 and verdicts["wrong"] == 0, wrong
     assert verdicts["cancelled"] > 0 and verdicts["bad"] > 0 and verdicts["good"] > 0
     # Every request reached the agent and was counted exactly once; none is still in flight.

@@ -260,3 +260,28 @@ def stop_with_stubs(running) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def dump_stacks(pid: int, directory) -> list[str]:
+    """Writes `py-spy dump --native` of the server's Python backend stubs into `directory`; returns the files.
+
+    For post-mortems of a stalled server: which stub thread holds the GIL, and which waits in Triton's C++.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return []
+    written = []
+    for stub in process_tree(pid)[1:]:
+        try:
+            dump = subprocess.run([spy, "dump", "--native", "--pid", str(stub)], capture_output=True, text=True,
+                                  timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        path = Path(directory) / f"stub-{stub}-stacks.txt"
+        path.write_text(dump.stdout + dump.stderr, encoding="utf-8")
+        written.append(str(path))
+    return written
