@@ -161,17 +161,24 @@ def test_engine_error_response_becomes_engine_error():
         asyncio.run(main())
 
 
+async def _cancel_second_read(client, in_flight):
+    """Reads the first chunk, starts the next read, and cancels it (a client cancel) once `in_flight()` holds."""
+    generator = client.generate(_request(), EngineTurnStats())
+    assert await generator.__anext__() == [5]
+    pending = asyncio.ensure_future(generator.__anext__())
+    await asyncio.to_thread(_wait, in_flight)
+    pending.cancel()
+    return generator, pending
+
+
 def test_abandoning_a_stream_mid_read_never_adds_a_second_consumer():
     stream = SingleConsumerStream([_Response([5]), _Response([6]), _Response([7]), _Response(None)])
     _, client = _client(stream)
     stream.release(1)
 
     async def main():
-        generator = client.generate(_request(), EngineTurnStats())
-        assert await generator.__anext__() == [5]
-        pending = asyncio.ensure_future(generator.__anext__())
-        await asyncio.to_thread(_wait, stream.inside.is_set)  # the next read is blocked inside the iterator
-        pending.cancel()  # a client cancel: the read is still in flight when the drain starts
+        # The next read is blocked inside the iterator: it is still in flight when the drain starts.
+        generator, pending = await _cancel_second_read(client, stream.inside.is_set)
         with pytest.raises(asyncio.CancelledError):
             await pending
         await generator.aclose()
@@ -215,11 +222,7 @@ def test_drain_stops_after_a_read_that_ended_the_stream():
     stream.release(1)
 
     async def main():
-        generator = client.generate(_request(), EngineTurnStats())
-        assert await generator.__anext__() == [5]
-        pending = asyncio.ensure_future(generator.__anext__())
-        await asyncio.to_thread(_wait, lambda: stream.finished.is_set())
-        pending.cancel()
+        generator, pending = await _cancel_second_read(client, stream.finished.is_set)
         try:
             await pending
         except (asyncio.CancelledError, StopAsyncIteration):

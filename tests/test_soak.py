@@ -119,12 +119,7 @@ async def one_request(client, kind: str, index: int, rng: random.Random) -> Reco
     try:
         async with asyncio.timeout(REQUEST_TIMEOUT_S):
             async for result, error in responses:
-                if error is not None:
-                    outcome.responses += 1
-                    outcome.finals += 1
-                    outcome.error = str(error)
-                else:
-                    read_response(result, outcome, started)
+                read_response(result, outcome, started, error)
                 if outcome.finals:
                     break
                 if kind == "cancel_first_token" and outcome.deltas:

@@ -103,9 +103,13 @@ def _strings(result, name: str) -> Optional[list[str]]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
 
 
-def read_response(result, outcome: StreamOutcome, started: float) -> None:
-    """Adds one successful gRPC stream response to `outcome`."""
+def read_response(result, outcome: StreamOutcome, started: float, error=None) -> None:
+    """Adds one gRPC stream callback's (result, error) to `outcome`; an error ends the request."""
     outcome.responses += 1
+    if error is not None:
+        outcome.finals += 1
+        outcome.error = str(error)
+        return
     response = result.get_response()
     is_final = response.parameters["triton_final_response"].bool_param if "triton_final_response" in \
         response.parameters else False
@@ -159,12 +163,7 @@ def stream_request(grpc_url: str, inputs: list, *, model: str = MODEL, timeout: 
                 result, error = events.get(timeout=min(0.01, limit - now))
             except queue.Empty:
                 continue
-            if error is not None:
-                outcome.responses += 1
-                outcome.finals += 1
-                outcome.error = str(error)
-            else:
-                read_response(result, outcome, started)
+            read_response(result, outcome, started, error)
             if outcome.finals and grace_end is None:
                 if grace <= 0:
                     break

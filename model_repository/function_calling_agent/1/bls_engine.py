@@ -225,8 +225,7 @@ class BlsEngineClient:
             try:
                 if reading is not None:
                     concurrent.futures.wait([reading])  # never raises; a read cancelled before it ran is done too
-                    if reading.done() and not reading.cancelled() and reading.exception() is None \
-                            and reading.result() is _END:
+                    if not reading.cancelled() and reading.exception() is None and reading.result() is _END:
                         self.finished_streams.keep(iterator)
                         return
                 for _ in iterator:
