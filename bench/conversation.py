@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 def tool_message_content(name: str, value: Any) -> str:
     """The agent's tool-result payload: `{"name": ..., "content": <compact JSON>}`."""
-    from hermes_agent.tool_results import serialize_result
+    from function_calling_agent.tools.results import serialize_result
 
     return '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "content": ' + serialize_result(value, 4000) + "}"
 

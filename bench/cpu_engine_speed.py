@@ -18,13 +18,10 @@ import queue
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "model_repository" / "tensorrt_llm_cpu" / "1"))
-
-from cpu_generation import GenerationEngine, GenerationRequest  # noqa: E402
+from function_calling_agent.cpu_engine import GenerationEngine, GenerationRequest
 
 ARCHITECTURES = {
     "qwen2.5-0.5b": dict(

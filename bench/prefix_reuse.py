@@ -31,7 +31,7 @@ from bench.conversation import AgentPrompts, run_calls
 from bench.scenarios import BY_NAME
 from deploy.configure_repository import configure
 from deploy.triton_launcher import TritonServer
-from tests.support.tiny_llama import build_tiny_llama
+from function_calling_agent.offline_models.tiny_llama import build_tiny_llama
 
 REUSE = "tensorrt_llm"
 NO_REUSE = "tensorrt_llm_noreuse"
@@ -181,15 +181,14 @@ def measure_prefix_reuse(root: Path, tokenizer_dir: Path, tools, log_dir: Path, 
                          ready_timeout: float = 240) -> PrefixResult:
     from transformers import AutoTokenizer
 
-    from hermes_agent.chat_format import ChatFormat
+    from function_calling_agent.chat_format import ChatFormat
 
     root.mkdir(parents=True, exist_ok=True)
     model_dir = build_cpu_repository(root, tokenizer_dir)
     chat = ChatFormat(AutoTokenizer.from_pretrained(str(model_dir)))
     server = TritonServer(root / "cpu-repository", log_path=log_dir / "server_cpu_engine.log")
-    server.start()
     try:
-        server.wait_ready(ready_timeout)
+        server.launch(ready_timeout)
         client = grpcclient.InferenceServerClient(server.urls["grpc"])
         # Warm-up ids share no prefix with the conversation (no begin-of-text token), so no cache is seeded.
         warm = chat.tokenizer.encode("warm up", add_special_tokens=False)

@@ -3,7 +3,8 @@
     repository/
       tensorrt_llm/                      scripted engine (tests/models/scripted_engine): fixed ms per generated token
                                          and per prefilled token, replaying bench/scenarios.py
-      function_calling_agent/            the agent, tools from bench/tool_modules/bench_tools.py (fixed latency),
+      function_calling_agent/            the agent, tools from bench/tool_modules/bench_tools.py (fixed latency,
+                                         copied with its latency file into the run's tools/ folder, the tool_path),
                                          tool calls of one turn run concurrently (tool_workers 32, the default)
       function_calling_agent_seqtools/   the same agent with tool_workers=1: the calls of a turn run one after another
       seed_text_model/                   text in / text out over the same engine (bench/models/seed_text_model)
@@ -13,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import shutil
 from pathlib import Path
 
 from bench.scenarios import engine_script
-from tests.support.agent_repo import make_agent_model
-from tests.support.hermes_tokenizer import build_hermes_tokenizer
-from tests.support.scripted_repo import make_scripted_engine
+from deploy.configure_repository import make_agent_model
+from function_calling_agent.model_config import fill_placeholders
+from function_calling_agent.offline_models.hermes_tokenizer import build_hermes_tokenizer
+from function_calling_agent.scripted_engine.repository import make_scripted_engine
 
 BENCH_DIR = Path(__file__).resolve().parent
 TOOL_MODULE = BENCH_DIR / "tool_modules" / "bench_tools.py"
@@ -50,20 +51,22 @@ class BenchRepository:
     repository: Path
     tokenizer_dir: Path
     engine_dir: Path
-    agent_code_dir: Path  # the agent's model version folder: hermes_agent and bench_tools import from here
+    tools_dir: Path  # the agents' tool_path: bench_tools.py and its latency file
     timing: EngineTiming
 
 
 def _fill(path: Path, values: dict[str, str]) -> None:
-    text = path.read_text(encoding="utf-8")
-    text = re.sub(r"\$\{([A-Za-z0-9_]+)\}", lambda m: values[m.group(1)], text)
-    path.write_text(text, encoding="utf-8")
+    path.write_text(fill_placeholders(path.read_text(encoding="utf-8"), values), encoding="utf-8")
 
 
-def _add_tools(agent_dir: Path, timing: EngineTiming) -> None:
-    shutil.copy(TOOL_MODULE, agent_dir / "1" / TOOL_MODULE.name)
-    (agent_dir / "1" / "bench_tools.json").write_text(json.dumps({"latency_ms": timing.tool_latency_ms}),
-                                                       encoding="utf-8")
+def _tools_dir(root: Path, timing: EngineTiming) -> Path:
+    tools_dir = root / "tools"
+    if tools_dir.exists():
+        shutil.rmtree(tools_dir)
+    tools_dir.mkdir()
+    shutil.copy(TOOL_MODULE, tools_dir / TOOL_MODULE.name)
+    (tools_dir / "bench_tools.json").write_text(json.dumps({"latency_ms": timing.tool_latency_ms}), encoding="utf-8")
+    return tools_dir
 
 
 def build_bench_repository(root: str | Path, timing: EngineTiming, max_context_tokens: int = 4096) -> BenchRepository:
@@ -77,13 +80,12 @@ def build_bench_repository(root: str | Path, timing: EngineTiming, max_context_t
     engine_dir = make_scripted_engine(repository, engine_script(), tokenizer_dir,
                                       token_latency_ms=timing.token_latency_ms,
                                       prefill_latency_ms_per_token=timing.prefill_ms_per_token)
+    tools_dir = _tools_dir(root, timing)
     for name, parameters in ((AGENT, {}), (AGENT_SEQUENTIAL_TOOLS, {"tool_workers": "1"})):
-        agent_dir = make_agent_model(repository, tokenizer_dir, tool_modules="bench_tools", model_name=name,
-                                     max_context_tokens=max_context_tokens,
-                                     parameters={"max_iterations": "5", **parameters})
-        _add_tools(agent_dir, timing)
+        make_agent_model(repository, tokenizer_dir, tool_modules="bench_tools", tool_path=[tools_dir], model_name=name,
+                         max_context_tokens=max_context_tokens, parameters={"max_iterations": "5", **parameters})
     seed_dir = repository / SEED_MODEL
     shutil.copytree(SEED_MODEL_SOURCE, seed_dir, ignore=shutil.ignore_patterns("__pycache__"))
     _fill(seed_dir / "config.pbtxt", {"tokenizer_dir": str(tokenizer_dir)})
     return BenchRepository(root=root, repository=repository, tokenizer_dir=tokenizer_dir, engine_dir=engine_dir,
-                           agent_code_dir=repository / AGENT / "1", timing=timing)
+                           tools_dir=tools_dir, timing=timing)

@@ -431,7 +431,7 @@ Measured {s['date']} on {s['machine']}, tritonserver {s['tritonserver']} (CPU on
 about 2 cores busy; more means other jobs shared the machine).
 Rerun: `.venv/bin/python -m bench.run_all` (add `--tiny` for the CI setting). Raw numbers: `results.json`.
 
-Scripted engine (tests/models/scripted_engine as `tensorrt_llm`, one instance): {t['token_latency_ms']:g} ms per generated
+Scripted engine (model_repository/scripted_engine as `tensorrt_llm`, one instance): {t['token_latency_ms']:g} ms per generated
 token (the end token included), {t['prefill_ms_per_token']:g} ms per prompt token, no prefix reuse. Tools
 (bench/tool_modules/bench_tools.py): `get_current_stock_price` and `get_company_news`, {t['tool_latency_ms']:g} ms each
 (blocking sleep, like a yfinance call). {s['repeats']} repetition(s) of each conversation per path and RTT, after one

@@ -27,12 +27,10 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
-from bench import latency, perf, report  # noqa: E402
-from bench.repo import AGENT, AGENT_SEQUENTIAL_TOOLS, ENGINE, EngineTiming, build_bench_repository  # noqa: E402
-from bench.scenarios import SCENARIOS, TWO_TOOLS  # noqa: E402
+from bench import latency, perf, report
+from bench.repo import AGENT, AGENT_SEQUENTIAL_TOOLS, ENGINE, EngineTiming, build_bench_repository
+from bench.scenarios import SCENARIOS, TWO_TOOLS
 
 DEFAULT_OUT = BENCH_DIR / "results"
 ONE_WAY_MS = 10.0  # the proxy's delay each way: 20 ms round trip
@@ -127,7 +125,7 @@ def section_perf(server, bench, tools, settings: Settings, work: Path) -> dict:
     from transformers import AutoTokenizer
 
     from bench.conversation import scripted_turn_prompts
-    from hermes_agent.chat_format import ChatFormat
+    from function_calling_agent.chat_format import ChatFormat
 
     url = server.urls["grpc"]
     scenario = TWO_TOOLS
@@ -186,20 +184,19 @@ def section_prefix(bench, tools, settings: Settings, work: Path) -> dict:
 
 
 def run(settings: Settings, out: Path, work: Path) -> dict:
-    from deploy.triton_launcher import TritonServer
     from bench.seed_client_loop import load_tools
-    from tests.support.scripted_repo import read_request_log
+    from deploy.triton_launcher import TritonServer
+    from function_calling_agent.scripted_engine.repository import read_request_log
 
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     out.mkdir(parents=True, exist_ok=True)
     bench = build_bench_repository(work / "bench", settings.timing)
-    tools = load_tools(bench.agent_code_dir)  # hermes_agent + bench_tools, as the agent loads them
+    tools = load_tools(bench.tools_dir)  # bench_tools, as the agent loads them
     server = TritonServer(bench.repository, log_path=work / "server_bench.log")
     log(f"starting tritonserver with {bench.repository}")
-    server.start()
     try:
-        server.wait_ready(300)
+        server.launch(300)
         version = server.server_metadata().get("version", "?")
         log(f"tritonserver {version} ready after {time.monotonic() - started:.0f} s")
         latency_records = section_latency(server, bench, tools, settings)

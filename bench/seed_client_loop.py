@@ -67,7 +67,7 @@ class SeedClientLoop:
         """`tools` maps tool names to hermes_agent ToolSpecs (the agent's registry type: same schemas, same code)."""
         from transformers import AutoTokenizer
 
-        from hermes_agent.chat_format import ChatFormat
+        from function_calling_agent.chat_format import ChatFormat
 
         self.client = grpcclient.InferenceServerClient(url)
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -140,13 +140,10 @@ class SeedClientLoop:
 
 
 def load_tools(tools_dir: str | Path, module: str = "bench_tools"):
-    """Import hermes_agent and the tool module from a model folder (the agent's `1/`), as the agent does."""
-    tools_dir = str(Path(tools_dir).resolve())
-    if tools_dir not in sys.path:
-        sys.path.insert(0, tools_dir)
-    from hermes_agent.tool_registry import load_tool_modules
+    """Import the tool module from a folder (the agents' tool_path), as the agent does."""
+    from function_calling_agent.tools import load_tool_modules
 
-    return load_tool_modules([module])
+    return load_tool_modules([module], [str(Path(tools_dir).resolve())])
 
 
 def main(argv=None) -> int:
@@ -154,7 +151,7 @@ def main(argv=None) -> int:
     parser.add_argument("-u", "--url", default="localhost:8001")
     parser.add_argument("-p", "--prompt", required=True)
     parser.add_argument("--tokenizer-dir", required=True)
-    parser.add_argument("--tools-dir", required=True, help="folder holding hermes_agent/ and the tool module")
+    parser.add_argument("--tools-dir", required=True, help="folder holding the tool module (the agents' tool_path)")
     parser.add_argument("--model-name", default="seed_text_model")
     parser.add_argument("-o", "--output-len", type=int, default=512)
     args = parser.parse_args(argv)

@@ -45,23 +45,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from function_calling_agent.adapter.parameters import DEFAULT_ENGINE_MODEL, DEFAULT_TOOL_MODULES
+from function_calling_agent.adapter.parameters import PARAMETERS as AGENT_PARAMETERS
+from function_calling_agent.model_config import (
+    ModelConfigError,
+    fill_placeholders,
+    find_placeholders,
+    parse_model_config,
+    set_parameter,
+    split_comment,
+)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 
 AGENT_MODEL = "function_calling_agent"
-ENGINE_MODEL = "tensorrt_llm"
+ENGINE_MODEL = DEFAULT_ENGINE_MODEL
 CPU_ENGINE_SOURCE = "tensorrt_llm_cpu"
 STOCK_MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls")
 CONFIG_FILE = "config.pbtxt"
 
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _STRING_LITERAL = re.compile(r"\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*'")
 _NAME_STATEMENT = re.compile(r"^(\s*name\s*:\s*)(\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*')(\s*)$")
 
 _AGENT_DEFAULTS = {
     "agent_instance_count": "1",
-    "tool_modules": "agent_tools.finance",
+    "tool_modules": DEFAULT_TOOL_MODULES,
 }
 
 CPU_DEFAULTS: Mapping[str, str] = {
@@ -153,7 +163,7 @@ GPU_DEFAULTS: Mapping[str, str] = {
 }
 
 
-class ConfigureError(Exception):
+class ConfigureError(ModelConfigError):
     """The repository could not be assembled; the message says what to change."""
 
 
@@ -189,49 +199,6 @@ class _Template:
     copy: Path  # the config.pbtxt inside the staging repository
     target: str
     placeholders: frozenset[str]
-
-
-def _split_comment(line: str) -> tuple[str, str]:
-    """(code, comment) of one pbtxt line: a `#` outside a string literal starts a comment."""
-    quote = None
-    escaped = False
-    for index, char in enumerate(line):
-        if quote:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == quote:
-                quote = None
-        elif char in "\"'":
-            quote = char
-        elif char == "#":
-            return line[:index], line[index:]
-    return line, ""
-
-
-def find_placeholders(text: str, source: Path | str = "<text>") -> frozenset[str]:
-    """Names of the `${name}` placeholders outside comments; a malformed `${` is an error."""
-    names = set()
-    for number, line in enumerate(text.splitlines(), start=1):
-        code, _ = _split_comment(line)
-        for start in (m.start() for m in re.finditer(r"\$\{", code)):
-            match = _PLACEHOLDER.match(code, start)
-            if match is None:
-                raise ConfigureError(f"{source}:{number}: malformed placeholder near {code[start:start + 40]!r}")
-            names.add(match.group(1))
-    return frozenset(names)
-
-
-def fill_placeholders(text: str, values: Mapping[str, str]) -> str:
-    """Replace every `${name}` outside comments; every name must be in `values`."""
-    out = []
-    for line in text.splitlines(keepends=True):
-        body = line.rstrip("\r\n")
-        ending = line[len(body):]
-        code, comment = _split_comment(body)
-        out.append(_PLACEHOLDER.sub(lambda m: values[m.group(1)], code) + comment + ending)
-    return "".join(out)
 
 
 def _render(key: str, value: object) -> str:
@@ -295,25 +262,12 @@ def parse_set_arguments(pairs: Sequence[str]) -> dict[str, str]:
     return values
 
 
-def parse_model_config(text: str, source: Path | str):
-    """The text as a Triton `ModelConfig` message; a parse error names the file."""
-    try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as exc:
-        raise ConfigureError(f"parsing model configs needs tritonclient[grpc]: {exc}") from exc
-    try:
-        return text_format.Parse(text, model_config_pb2.ModelConfig())
-    except text_format.ParseError as exc:
-        raise ConfigureError(f"{source}: not a valid Triton model config: {exc}") from exc
-
-
 def _with_model_name(text: str, name: str, source: Path) -> str:
     """Set the top-level `name:` to `name`, adding it after the leading comment block when absent."""
     lines = text.splitlines(keepends=True)
     depth = 0
     for index, line in enumerate(lines):
-        code, _ = _split_comment(line.rstrip("\r\n"))
+        code, _ = split_comment(line.rstrip("\r\n"))
         if depth == 0:
             match = _NAME_STATEMENT.match(code)
             if match:
@@ -336,6 +290,8 @@ def _referenced_models(config) -> set[str]:
         value = config.parameters["tensorrt_llm_model_name"].string_value
         if value:
             names.add(value)
+    elif config.name == AGENT_MODEL:
+        names.add(DEFAULT_ENGINE_MODEL)
     return names
 
 
@@ -355,8 +311,11 @@ def _copy_models(sources: Sequence[ModelSource], staging: Path) -> list[_Templat
 
 
 def _check_values(templates: Sequence[_Template], defaults: Mapping[str, str], user_values: Mapping[str, str]):
+    """(values for the placeholders, agent parameters to set). A key that is no placeholder but a parameter of
+    function_calling_agent (README "Configuration") is set in the agent's config.pbtxt; any other key is an error."""
     used = set().union(*(t.placeholders for t in templates))
     values = {**defaults, **user_values}
+    agent_parameters = {k: v for k, v in user_values.items() if k not in used and k in AGENT_PARAMETERS}
     problems = []
     missing: dict[str, list[str]] = {}
     for template in templates:
@@ -364,12 +323,13 @@ def _check_values(templates: Sequence[_Template], defaults: Mapping[str, str], u
             missing.setdefault(name, []).append(str(template.source))
     for name, files in sorted(missing.items()):
         problems.append(f"no value for ${{{name}}} (used in {', '.join(files)}): pass --set {name}=VALUE")
-    for key in sorted(user_values.keys() - used):
-        hint = difflib.get_close_matches(key, sorted(used), n=1)
-        problems.append(f"no template uses {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    for key in sorted(user_values.keys() - used - agent_parameters.keys()):
+        hint = difflib.get_close_matches(key, sorted(used | set(AGENT_PARAMETERS)), n=1)
+        problems.append(f"no template uses {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                        + " and function_calling_agent has no such parameter")
     if problems:
         raise ConfigureError("cannot fill the templates:\n  " + "\n  ".join(problems))
-    return values
+    return values, agent_parameters
 
 
 def configure(
@@ -403,10 +363,13 @@ def configure(
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
         templates = _copy_models(sources, staging)
-        filled_values = _check_values(templates, chosen.defaults, user_values)
+        filled_values, agent_parameters = _check_values(templates, chosen.defaults, user_values)
         configs = {}
         for template in templates:
             text = fill_placeholders(template.copy.read_text(encoding="utf-8"), filled_values)
+            if template.target == AGENT_MODEL:
+                for key, value in agent_parameters.items():
+                    text = set_parameter(text, key, value)
             text = _with_model_name(text, template.target, template.source)
             config = parse_model_config(text, template.source)
             if config.name != template.target:
@@ -424,6 +387,37 @@ def configure(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return sorted(output / target / CONFIG_FILE for target in configs)
+
+
+def make_agent_model(
+    repo_dir: str | Path,
+    tokenizer_dir: str | Path,
+    *,
+    tool_modules: str = DEFAULT_TOOL_MODULES,
+    tool_path: Sequence[str | Path] = (),
+    parameters: Mapping[str, str] | None = None,
+    max_context_tokens: int = 4096,
+    instance_count: int = 1,
+    model_name: str = AGENT_MODEL,
+) -> Path:
+    """Put one function_calling_agent into `repo_dir/model_name`, its template filled and `parameters` set (tests and
+    benchmarks assemble their own repositories around a scripted or CPU engine this way). Returns the model folder."""
+    target = Path(repo_dir) / model_name
+    shutil.copytree(MODEL_REPOSITORY / AGENT_MODEL, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    values = {**CPU_DEFAULTS, "agent_instance_count": str(instance_count), "tokenizer_dir": str(Path(tokenizer_dir).resolve()),
+              "tool_modules": tool_modules, "max_context_tokens": str(max_context_tokens),
+              "request_timeout_seconds": "120", "engine_idle_timeout_seconds": "60"}
+    config_path = target / CONFIG_FILE
+    text = fill_placeholders(config_path.read_text(encoding="utf-8"), values)
+    extra = dict(parameters or {})
+    if tool_path:
+        extra.setdefault("tool_path", ":".join(str(Path(p).resolve()) for p in tool_path))
+    for key, value in extra.items():
+        text = set_parameter(text, key, str(value))
+    text = _with_model_name(text, model_name, config_path)
+    parse_model_config(text, config_path)
+    config_path.write_text(text, encoding="utf-8")
+    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -445,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         values.update(parse_set_arguments(args.sets))
         written = configure(args.profile, args.output, values, args.stock_dir,
                             model_repository=args.model_repository, overwrite=args.force)
-    except ConfigureError as exc:
+    except ModelConfigError as exc:
         print(f"configure_repository: error: {exc}", file=sys.stderr)
         return 2
     for path in written:

@@ -66,8 +66,8 @@ def fetch_checkpoint(model_id: str) -> Path | None:
 
 def plumbing_checkpoint() -> Path:
     # The offline stand-ins the tests use: a Hermes-shaped tokenizer and a random 2-layer Llama.
-    from tests.support.hermes_tokenizer import build_hermes_tokenizer
-    from tests.support.tiny_llama import build_tiny_llama
+    from function_calling_agent.offline_models.hermes_tokenizer import build_hermes_tokenizer
+    from function_calling_agent.offline_models.tiny_llama import build_tiny_llama
 
     base = STATE_DIR / "plumbing-check"
     tokenizer = build_hermes_tokenizer(base / "tokenizer")
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=os.environ.get("FCA_MODEL", DEFAULT_MODEL),
                         help=f"Hugging Face model id or local checkpoint dir (default {DEFAULT_MODEL}, env FCA_MODEL)")
     parser.add_argument("--plumbing-check", action="store_true", help="serve a tiny random model (wiring check)")
-    parser.add_argument("--tool-modules", default="agent_tools.finance", help="comma list of tool modules to offer")
+    parser.add_argument("--tool-modules", default="function_calling_agent.tools.finance", help="comma list of tool modules to offer")
     parser.add_argument("--max-context-tokens", type=int, default=4096)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--http-port", type=int, default=8000)

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,6 +41,17 @@ _STUB_NAME = "triton_python_backend_stub"
 
 class TritonLaunchError(RuntimeError):
     """The server could not be found, prepared, or brought to ready."""
+
+
+class PortInUse(TritonLaunchError):
+    """A port the server was asked to listen on is taken; `service` is HTTP, GRPC or Metrics."""
+
+    def __init__(self, service: str, address: str, log_tail: str):
+        self.service, self.address = service, address
+        super().__init__(f"the {service} port {address} is already in use:\n{log_tail}")
+
+
+_PORT_IN_USE = re.compile(r"failed to start (HTTP|GRPC|Metrics) service: .*?Socket '([^']+)' already in use")
 
 
 def pytriton_server_dir() -> Path:
@@ -187,6 +199,10 @@ class TritonServer:
             model_repository = [model_repository]
         self.model_repositories = [Path(p).resolve() for p in model_repository]
         self.host = host
+        # Ports left to us are picked free now and picked again if another process takes one before the server
+        # binds it (see launch()).
+        self._auto_ports = {name for name, port in (("http", http_port), ("grpc", grpc_port),
+                                                     ("metrics", metrics_port)) if not port}
         self.http_port = http_port or free_port(host)
         self.grpc_port = grpc_port or free_port(host)
         self.metrics_port = metrics_port or free_port(host)
@@ -202,6 +218,7 @@ class TritonServer:
             self._own_log_dir = tempfile.mkdtemp(prefix="tritonserver-log-")
             log_path = os.path.join(self._own_log_dir, "server.log")
         self.log_path = Path(log_path)
+        self._log_offset = 0
         self.process: subprocess.Popen | None = None
 
     @property
@@ -245,6 +262,7 @@ class TritonServer:
             raise TritonLaunchError("server already started")
         cmd = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=server_env(self._env)
@@ -255,24 +273,54 @@ class TritonServer:
         return self.process is not None and self.process.poll() is None
 
     def wait_ready(self, timeout: float = 60.0) -> "TritonServer":
-        """Poll /v2/health/ready; raise with the log tail if the process exits or time runs out."""
+        """Wait until every endpoint serves: HTTP /v2/health/ready, the gRPC port and the metrics port (Triton
+        starts its metrics service last, tens of milliseconds after HTTP). Raises `PortInUse` when a port is taken,
+        `TritonLaunchError` with the log tail if the process exits or time runs out."""
         if self.process is None:
             raise TritonLaunchError("server not started")
         deadline = time.monotonic() + timeout
-        url = f"http://{self.urls['http']}/v2/health/ready"
         while True:
             code = self.process.poll()
             if code is not None:
+                taken = _PORT_IN_USE.search(self.log_text()[self._log_offset:])
+                if taken:
+                    raise PortInUse(taken.group(1), taken.group(2), self.log_tail())
                 raise TritonLaunchError(f"tritonserver exited with code {code} before ready:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
+            if self._endpoints_ready():
+                return self
             if time.monotonic() > deadline:
                 raise TritonLaunchError(f"tritonserver not ready after {timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.1)
+
+    def _endpoints_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.urls['http']}/v2/health/ready", timeout=2) as response:
+                if response.status != 200:
+                    return False
+            with socket.create_connection((self.host, self.grpc_port), timeout=2):
+                pass
+            with urllib.request.urlopen(f"http://{self.urls['metrics']}/metrics", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
+
+    def launch(self, timeout: float = 60.0, attempts: int = 5) -> "TritonServer":
+        """start() and wait_ready(); when a port we picked was taken meanwhile, pick new ones and start again."""
+        for attempt in range(attempts):
+            self.start()
+            try:
+                return self.wait_ready(timeout)
+            except PortInUse:
+                self.stop()
+                self.process = None
+                if not self._auto_ports or attempt == attempts - 1:
+                    raise
+                for name in self._auto_ports:
+                    setattr(self, f"{name}_port", free_port(self.host))
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def server_metadata(self) -> dict:
         with urllib.request.urlopen(f"http://{self.urls['http']}/v2", timeout=5) as response:
@@ -301,13 +349,7 @@ class TritonServer:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def __enter__(self) -> "TritonServer":
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return self.launch()
 
     def __exit__(self, *exc_info) -> None:
         self.stop()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prepare everything the project needs on this machine: .venv with requirements.txt, Debian's libb64 for
-# perf_analyzer, and the tritonserver backends dir. Idempotent; a second run takes seconds.
+# Prepare everything the project needs on this machine: .venv with requirements.txt and the project's package
+# (editable), Debian's libb64 for perf_analyzer, and the tritonserver backends dir. Idempotent; a second run takes
+# seconds.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,7 +28,7 @@ else
     "$PYTHON" -m venv "$VENV"
 fi
 
-want_sha="$(sha256sum requirements.txt | cut -d' ' -f1)"
+want_sha="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 have_sha="$(cat "$STAMP" 2>/dev/null || true)"
 if [[ "$want_sha" == "$have_sha" ]]; then
     step "requirements: up to date"
@@ -35,6 +36,9 @@ else
     step "requirements: installing requirements.txt (this takes a few minutes the first time)"
     # This machine's pip config lists local index folders that may not exist; drop only those warnings.
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 \
+        | { grep -v "^WARNING: Location 'file://.*' is ignored" || true; }
+    step "package: installing function_calling_agent (src/) editable"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 \
         | { grep -v "^WARNING: Location 'file://.*' is ignored" || true; }
     echo "$want_sha" > "$STAMP"
 fi

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 # The repo root is on sys.path through `pythonpath` in pyproject.toml.
-from tests.support.hermes_tokenizer import build_hermes_tokenizer
-from tests.support.tiny_llama import build_tiny_llama
+from function_calling_agent.offline_models.hermes_tokenizer import build_hermes_tokenizer
+from function_calling_agent.offline_models.tiny_llama import build_tiny_llama
 from tests.support.triton_server import TritonServerFactory
 
 _FACTORY_KEY = pytest.StashKey[TritonServerFactory]()
@@ -55,6 +55,6 @@ def tokenizer(hermes_tokenizer_dir: str):
 @pytest.fixture(scope="module")
 def chat(tokenizer):
     """The agent core's ChatFormat over that tokenizer (the test module puts the agent folder on sys.path)."""
-    from hermes_agent.chat_format import ChatFormat
+    from function_calling_agent.chat_format import ChatFormat
 
     return ChatFormat(tokenizer)

@@ -5,23 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "model_repository", "function_calling_agent", "1"))
+import pytest
 
-import pytest  # noqa: E402
-
-from hermes_agent.chat_format import FINAL_ANSWER_NOTE, ChatFormat  # noqa: E402
-from hermes_agent.engine import EngineError  # noqa: E402
-from hermes_agent.loop import AgentLimits, AgentRequest, AgentRun, ContextBudgetError, RunResult  # noqa: E402
-from hermes_agent.tool_execution import ToolExecutor  # noqa: E402
-from hermes_agent.tool_results import serialize_result  # noqa: E402
-from hermes_agent.tools import ToolSpec  # noqa: E402
-from tests.support.scripted_engine_client import ScriptedEngine  # noqa: E402
+from function_calling_agent.chat_format import FINAL_ANSWER_NOTE, ChatFormat
+from function_calling_agent.engine import EngineError, EngineOutput
+from function_calling_agent.run import AgentLimits, AgentRequest, AgentRun, ContextBudgetError, RunResult
+from function_calling_agent.tools.execution import ToolExecutor
+from function_calling_agent.tools.results import to_json_text
+from function_calling_agent.tools.spec import ToolSpec
+from tests.support.scripted_engine_client import ScriptedEngine
 
 USER = ({"role": "user", "content": "What is the price of RIVN?"},)
 SYMBOL = {"type": "object", "properties": {"symbol": {"type": "string", "description": "Ticker."}},
@@ -385,7 +380,7 @@ def test_async_tools_run_in_the_loop(harness):
 
 def test_result_that_cannot_be_serialized_becomes_an_error(harness):
     tools = {"get_price": ToolSpec("get_price", "Price.", SYMBOL, lambda symbol: object())}
-    result, engine, _ = harness.play([PRICE_CALL, "ok"], tools=tools, serialize_result=serialize_result)
+    result, engine, _ = harness.play([PRICE_CALL, "ok"], tools=tools, serialize_result=to_json_text)
     assert result.calls[0].status == "error" and "not JSON" in result.calls[0].error
     assert "the tool returned a value that is not JSON" in harness.prompt_text(engine, 1)
 
@@ -515,7 +510,7 @@ def test_messages_are_openai_format_and_rerender(harness, chat):
     answered = {m["tool_call_id"] for m in result.messages if m["role"] == "tool"}
     asked = {c["id"] for m in result.messages for c in m.get("tool_calls", ())}
     assert asked == answered
-    follow_up = result.messages + [{"role": "user", "content": "And TSLA?"}]
+    follow_up = list(result.messages) + [{"role": "user", "content": "And TSLA?"}]
     text = chat.decode(chat.render_prompt(follow_up, [s.openai_schema() for s in BASE_TOOLS.values()]))
     assert text.endswith("RIVN is at 12.5.<|im_end|>\n<|im_start|>user\nAnd TSLA?<|im_end|>\n<|im_start|>assistant\n")
 
@@ -541,14 +536,14 @@ class GatedEngine:
         self.requests, self.stopped = [], []
         self.gate, self.waiting = asyncio.Event(), asyncio.Event()
 
-    async def generate(self, request, stats):
+    async def generate(self, request):
         turn = len(self.requests)
         self.requests.append(request)
         for i, token in enumerate(self.ids[turn] + [request.end_id]):
             if turn == self.gated_turn and i >= self.free and not self.gate.is_set():
                 self.waiting.set()
                 await self.gate.wait()
-            yield [token]
+            yield EngineOutput((token,))
 
     async def stop(self, request_id: str) -> None:
         self.stopped.append(request_id)

@@ -29,7 +29,7 @@ from tests.support.agent_repo import make_agent_model
 
 # Longer than any scripted pause (hanging turns are cancelled or stopped well before), short enough for tests.
 ENGINE_IDLE_TIMEOUT_S = 4
-from tests.support.scripted_repo import make_scripted_engine, read_request_log
+from function_calling_agent.scripted_engine.repository import make_scripted_engine, read_request_log
 from tests.support.triton_server import TritonServerFactory
 
 pytestmark = pytest.mark.integration
@@ -808,12 +808,15 @@ def test_http_disconnect_during_generate_stream_stops_the_engine(agent):
 # Metrics and concurrency
 # ---------------------------------------------------------------------------------------------------------------
 def test_metrics_count_requests_and_tool_calls(agent):
+    # Deltas over a quiescent server: no request of an earlier test may still be finishing on either side.
+    wait_idle(agent)
     text = agent.metrics()
     stops = metric_value(text, "fca_requests_total", outcome="stop")
     ok_price = metric_value(text, "fca_tool_calls_total", tool="get_current_stock_price", outcome="ok")
     errors = metric_value(text, "fca_tool_calls_total", tool="failing_tool", outcome="error")
     grpc_agent(agent, text_input="[single] What does RIVN trade at?")
     grpc_agent(agent, text_input="[tool-exception] run it")
+    wait_idle(agent)
     text = agent.metrics()
     assert metric_value(text, "fca_requests_total", outcome="stop") == stops + 2
     assert metric_value(text, "fca_tool_calls_total", tool="get_current_stock_price", outcome="ok") == ok_price + 1

@@ -14,10 +14,9 @@ from typing import Any, Optional
 
 import pytest
 
+from function_calling_agent.scripted_engine.repository import make_scripted_engine
 from tests.support.agent_repo import make_agent_model
-from tests.support.fca_client import (MODEL, Raw, http_generate, is_ready, make_inputs, scrape, stream_request,
-                                      value)
-from tests.support.scripted_repo import make_scripted_engine
+from tests.support.fca_client import MODEL, Raw, http_generate, is_ready, make_inputs, settled, stream_request, value
 from tests.support.triton_server import TritonServerFactory
 
 pytestmark = pytest.mark.integration
@@ -153,7 +152,7 @@ def test_catalogue_is_large_enough():
 
 
 def test_bad_inputs_are_rejected_while_good_requests_stream(server):
-    before = scrape(server.metrics_url)
+    before = settled(server.metrics_url)
     done = threading.Event()
     good: list = []
 
@@ -182,7 +181,7 @@ def test_bad_inputs_are_rejected_while_good_requests_stream(server):
         assert outcome.error is None and outcome.finals == 1 and outcome.finish_reason == "stop", outcome
         assert outcome.text == SLOW_ANSWER
 
-    after = scrape(server.metrics_url)
+    after = settled(server.metrics_url)
     reached_model = sum(c.grpc is not None and not c.before_model for c in CATALOGUE) + \
         sum(c.http is not None for c in CATALOGUE)
     invalid = value(after, "fca_requests_total", model=MODEL, outcome="invalid") - \

@@ -8,19 +8,15 @@ that when a client cancel abandoned a stream while a read was still blocked and 
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import time
 import weakref
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model_repository" / "function_calling_agent" / "1"))
-
-from bls_engine import BlsEngineClient, IteratorKeeper, words_tensor  # noqa: E402
-from hermes_agent.engine import EngineError, EngineRequest, EngineTurnStats, SamplingParams  # noqa: E402
+from function_calling_agent.adapter.bls_engine import BlsEngineClient, IteratorKeeper, words_tensor
+from function_calling_agent.engine import EngineError, EngineRequest, SamplingParams
 
 INPUTS = ("input_ids", "input_lengths", "request_output_len", "streaming", "end_id", "stop")
 
@@ -138,7 +134,7 @@ def test_streams_ids_and_sends_the_engine_inputs():
     stream.release(3)
 
     async def main():
-        return [chunk async for chunk in client.generate(_request(), EngineTurnStats())]
+        return [list(chunk.token_ids) async for chunk in client.generate(_request())]
 
     assert asyncio.run(main()) == [[5], [6, 7]]
     assert len(client.finished_streams) == 1  # held past the stub's cleanup of the finished stream
@@ -154,7 +150,7 @@ def test_engine_error_response_becomes_engine_error():
     stream.release(2)
 
     async def main():
-        async for _ in client.generate(_request(), EngineTurnStats()):
+        async for _ in client.generate(_request()):
             pass
 
     with pytest.raises(EngineError, match="boom"):
@@ -163,8 +159,8 @@ def test_engine_error_response_becomes_engine_error():
 
 async def _cancel_second_read(client, in_flight):
     """Reads the first chunk, starts the next read, and cancels it (a client cancel) once `in_flight()` holds."""
-    generator = client.generate(_request(), EngineTurnStats())
-    assert await generator.__anext__() == [5]
+    generator = client.generate(_request())
+    assert (await generator.__anext__()).token_ids == (5,)
     pending = asyncio.ensure_future(generator.__anext__())
     await asyncio.to_thread(_wait, in_flight)
     pending.cancel()
@@ -202,7 +198,7 @@ def test_a_cancel_during_the_call_still_drains_the_stream_it_returns():
     stream.release(2)
 
     async def main():
-        generator = client.generate(_request(), EngineTurnStats())
+        generator = client.generate(_request())
         pending = asyncio.ensure_future(generator.__anext__())
         await asyncio.sleep(0.05)  # the call is under way
         pending.cancel()

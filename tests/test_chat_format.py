@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "model_repository", "function_calling_agent", "1"))
+import pytest
+from transformers import AutoTokenizer
 
-import pytest  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-
-from hermes_agent.chat_format import (  # noqa: E402
+from function_calling_agent.chat_format import (
     BUILTIN_HERMES_TEMPLATE,
     FINAL_ANSWER_NOTE,
     ChatFormat,

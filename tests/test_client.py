@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from deploy.triton_launcher import free_port
+from function_calling_agent.scripted_engine.repository import make_scripted_engine, read_request_log
 from tests.support.agent_repo import make_agent_model
-from tests.support.scripted_repo import make_scripted_engine, read_request_log
+from tests.support.fca_client import settled
 from tests.support.triton_server import TritonServerFactory
 
 pytestmark = pytest.mark.integration
@@ -122,6 +123,7 @@ def _cancelled_count(server) -> float:
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_ctrl_c_cancels_the_request_on_the_server(server, protocol):
+    settled(server.metrics_url)  # the other protocol's cancelled request is counted by now
     before = _cancelled_count(server)
     known = {e["request_id"] for e in read_request_log(server.engine_dir)}
     process = subprocess.Popen(

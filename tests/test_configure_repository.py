@@ -17,11 +17,12 @@ from tritonclient.grpc import model_config_pb2
 from deploy.configure_repository import (
     GPU_DEFAULTS,
     MODEL_REPOSITORY,
-    ConfigureError,
     configure,
     find_placeholders,
     main,
 )
+from function_calling_agent.adapter.parameters import parse_parameters
+from function_calling_agent.model_config import ModelConfigError
 
 STOCK_FIXTURE = Path(__file__).parent / "fixtures" / "stock_inflight_batcher_llm"
 STOCK_MODELS = {"preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls"}
@@ -61,9 +62,10 @@ def test_cpu_profile_fills_the_agent_and_puts_the_cpu_engine_in_the_tensorrt_llm
     assert agent.model_transaction_policy.decoupled
     assert agent.instance_group[0].count == 1
     assert parameter(agent, "tokenizer_dir") == CPU_VALUES["tokenizer_dir"]
-    assert parameter(agent, "tool_modules") == "agent_tools.finance"
+    assert parameter(agent, "tool_modules") == "function_calling_agent.tools.finance"
     assert parameter(agent, "max_context_tokens") == "4096"
-    assert parameter(agent, "tensorrt_llm_model_name") == "tensorrt_llm"
+    parsed = parse_parameters({k: v.string_value for k, v in agent.parameters.items()}, check_paths=False)
+    assert parsed.tensorrt_llm_model_name == "tensorrt_llm"  # the default: the engine sits in the tensorrt_llm slot
     assert engine.backend == "python"
     assert engine.instance_group[0].count == 1
     assert CPU_VALUES["model_dir"] in {p.string_value for p in engine.parameters.values()}
@@ -119,7 +121,7 @@ def test_gpu_defaults_cover_exactly_the_pinned_templates_variables():
 
 def test_missing_variable_is_rejected_naming_it_and_its_templates(tmp_path):
     output = tmp_path / "repo"
-    with pytest.raises(ConfigureError) as caught:
+    with pytest.raises(ModelConfigError) as caught:
         configure("gpu", output, {"engine_dir": "/engines/x"}, stock_dir=STOCK_FIXTURE)
 
     message = str(caught.value)
@@ -135,20 +137,20 @@ def test_new_template_variable_without_a_value_is_rejected(tmp_path):
     config = stock / "tensorrt_llm" / "config.pbtxt"
     config.write_text(config.read_text() + 'parameters: { key: "x" value: { string_value: "${brand_new_knob}" } }\n')
 
-    with pytest.raises(ConfigureError, match=r"\$\{brand_new_knob\} \(used in .*tensorrt_llm/config\.pbtxt\)"):
+    with pytest.raises(ModelConfigError, match=r"\$\{brand_new_knob\} \(used in .*tensorrt_llm/config\.pbtxt\)"):
         configure("gpu", tmp_path / "repo", GPU_VALUES, stock_dir=stock)
 
 
 def test_cpu_profile_requires_the_checkpoint_dirs(tmp_path):
-    with pytest.raises(ConfigureError) as caught:
+    with pytest.raises(ModelConfigError) as caught:
         configure("cpu", tmp_path / "repo", {})
     assert "${tokenizer_dir}" in str(caught.value) and "${model_dir}" in str(caught.value)
 
 
 def test_a_key_no_template_uses_is_rejected_with_a_suggestion(tmp_path):
-    with pytest.raises(ConfigureError, match=r"'enable_kv_cache_resue' \(did you mean 'enable_kv_cache_reuse'\?\)"):
+    with pytest.raises(ModelConfigError, match=r"'enable_kv_cache_resue' \(did you mean 'enable_kv_cache_reuse'\?\)"):
         configure("gpu", tmp_path / "repo", {**GPU_VALUES, "enable_kv_cache_resue": "true"}, stock_dir=STOCK_FIXTURE)
-    with pytest.raises(ConfigureError, match="no template uses 'engine_dir'"):
+    with pytest.raises(ModelConfigError, match="no template uses 'engine_dir'"):
         configure("cpu", tmp_path / "repo", {**CPU_VALUES, "engine_dir": "/engines/x"})
 
 
@@ -185,7 +187,7 @@ def test_json_values_file(tmp_path):
 
 
 def test_a_value_that_breaks_the_config_is_reported_with_the_file(tmp_path):
-    with pytest.raises(ConfigureError, match=r"tensorrt_llm/config\.pbtxt: not a valid Triton model config: .*TYPE_FLOAT"):
+    with pytest.raises(ModelConfigError, match=r"tensorrt_llm/config\.pbtxt: not a valid Triton model config: .*TYPE_FLOAT"):
         configure("gpu", tmp_path / "repo", {**GPU_VALUES, "logits_datatype": "TYPE_FLOAT"}, stock_dir=STOCK_FIXTURE)
 
 
@@ -217,20 +219,20 @@ def test_an_existing_output_is_replaced_only_when_asked(tmp_path):
     output = tmp_path / "repo"
     output.mkdir()
     (output / "stale").write_text("old")
-    with pytest.raises(ConfigureError, match="exists and is not empty"):
+    with pytest.raises(ModelConfigError, match="exists and is not empty"):
         configure("cpu", output, CPU_VALUES)
     configure("cpu", output, CPU_VALUES, overwrite=True)
     assert sorted(p.name for p in output.iterdir()) == ["function_calling_agent", "tensorrt_llm"]
 
 
 def test_profile_and_stock_dir_must_agree(tmp_path):
-    with pytest.raises(ConfigureError, match="needs --stock-dir"):
+    with pytest.raises(ModelConfigError, match="needs --stock-dir"):
         configure("gpu", tmp_path / "repo", GPU_VALUES)
-    with pytest.raises(ConfigureError, match="only for the gpu profile"):
+    with pytest.raises(ModelConfigError, match="only for the gpu profile"):
         configure("cpu", tmp_path / "repo", CPU_VALUES, stock_dir=STOCK_FIXTURE)
     stock = copy_tree(STOCK_FIXTURE, tmp_path / "stock")
     shutil.rmtree(stock / "tensorrt_llm_bls")
-    with pytest.raises(ConfigureError, match=r"missing model template: .*tensorrt_llm_bls/config\.pbtxt"):
+    with pytest.raises(ModelConfigError, match=r"missing model template: .*tensorrt_llm_bls/config\.pbtxt"):
         configure("gpu", tmp_path / "repo", GPU_VALUES, stock_dir=stock)
 
 
@@ -238,7 +240,7 @@ def test_ensemble_steps_must_name_models_in_the_repository(tmp_path):
     stock = copy_tree(STOCK_FIXTURE, tmp_path / "stock")
     ensemble = stock / "ensemble" / "config.pbtxt"
     ensemble.write_text(ensemble.read_text().replace('model_name: "postprocessing"', 'model_name: "detokenizer"'))
-    with pytest.raises(ConfigureError, match="refers to models not in the repository: detokenizer"):
+    with pytest.raises(ModelConfigError, match="refers to models not in the repository: detokenizer"):
         configure("gpu", tmp_path / "repo", GPU_VALUES, stock_dir=stock)
 
 
@@ -248,5 +250,17 @@ def test_placeholders_in_comments_are_ignored_and_malformed_ones_rejected():
         'parameters { key: "a#b" value: { string_value: "${real}" } }  # ${trailing_comment}\n'
     )
     assert find_placeholders(text) == {"real"}
-    with pytest.raises(ConfigureError, match="malformed placeholder"):
+    with pytest.raises(ModelConfigError, match="malformed placeholder"):
         find_placeholders('max_batch_size: ${triton-max-batch-size}\n', "x/config.pbtxt")
+
+
+def test_agent_parameters_no_template_uses_are_set_in_the_agent_config(tmp_path):
+    # A user's --set of any function_calling_agent parameter lands in its config.pbtxt (README "Configuration"); a
+    # key that is neither a placeholder nor a parameter is still refused.
+    written = configure("cpu", tmp_path / "repo", {**CPU_VALUES, "max_iterations": "3", "tool_path": "/tools:/more"})
+    agent = configs_by_model(written)["function_calling_agent"]
+    assert parameter(agent, "max_iterations") == "3" and parameter(agent, "tool_path") == "/tools:/more"
+    parsed = parse_parameters({k: v.string_value for k, v in agent.parameters.items()}, check_paths=False)
+    assert parsed.limits.max_iterations == 3 and parsed.tool_path == ("/tools", "/more")
+    with pytest.raises(ModelConfigError, match=r"'max_iteration' \(did you mean 'max_iterations'\?\)"):
+        configure("cpu", tmp_path / "other", {**CPU_VALUES, "max_iteration": "3"})

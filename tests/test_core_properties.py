@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "model_repository", "function_calling_agent", "1"))
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from hermes_agent.chat_format import FINAL_ANSWER_NOTE  # noqa: E402
-from hermes_agent.loop import AgentLimits, AgentRequest, AgentRun  # noqa: E402
-from hermes_agent.tool_call_parser import (  # noqa: E402
+from function_calling_agent.chat_format import FINAL_ANSWER_NOTE
+from function_calling_agent.offline_models.hermes_tokenizer import SPECIAL_TOKENS
+from function_calling_agent.run import AgentLimits, AgentRequest, AgentRun
+from function_calling_agent.tool_call_parser import (
     TOOL_CALL_CLOSE,
     TOOL_CALL_OPEN,
     AnswerStream,
@@ -24,11 +19,9 @@ from hermes_agent.tool_call_parser import (  # noqa: E402
     ToolCallParser,
     parse_tool_call,
 )
-from hermes_agent.tool_execution import ToolExecutor  # noqa: E402
-from hermes_agent.tools import ToolSpec  # noqa: E402
-from tests.support.hermes_tokenizer import SPECIAL_TOKENS  # noqa: E402
-from tests.support.scripted_engine_client import ScriptedEngine  # noqa: E402
-
+from function_calling_agent.tools.execution import ToolExecutor
+from function_calling_agent.tools.spec import ToolSpec
+from tests.support.scripted_engine_client import ScriptedEngine
 
 
 def examples(n: int) -> settings:

@@ -18,9 +18,8 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENGINE_MODEL_DIR = REPO_ROOT / "model_repository" / "tensorrt_llm_cpu"
-sys.path.insert(0, str(ENGINE_MODEL_DIR / "1"))
 
-from cpu_generation import (  # noqa: E402
+from function_calling_agent.cpu_engine import (
     ConfigError,
     EngineConfig,
     FinishReason,
@@ -33,7 +32,9 @@ from cpu_generation import (  # noqa: E402
     final_outputs,
     parse_request,
     parse_word_list,
+    stop_signals,
 )
+from tests.support.fca_client import settled
 
 PROMPT = (1, 17, 42, 99, 123, 7, 300, 12, 55, 801, 64, 33)
 
@@ -229,7 +230,7 @@ def test_stop_posted_by_another_process_stops_generation(make_engine, tmp_path):
         "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
         "module.StopSignalBoard(sys.argv[2]).post('req-1')"
     )
-    stop_module = ENGINE_MODEL_DIR / "1" / "cpu_generation" / "stop_signals.py"
+    stop_module = Path(stop_signals.__file__)
     subprocess.run([sys.executable, "-c", post, str(stop_module), str(tmp_path / "stops")], check=True, timeout=60)
     generated = 0
     while True:
@@ -280,7 +281,7 @@ def test_parse_request_maps_the_tensorrt_llm_inputs():
 
 
 def test_block_counts_follow_block_size():
-    from cpu_generation import GenerationStats
+    from function_calling_agent.cpu_engine import GenerationStats
 
     stats = GenerationStats(prompt_tokens=70, reused_tokens=65, prefilled_tokens=5, generated_tokens=30)
     outputs = final_outputs(stats, 32, True)
@@ -484,6 +485,7 @@ def _generated_tokens_total(server) -> float:
 
 @pytest.mark.integration
 def test_server_client_cancellation_stops_generation(engine_server):
+    settled(engine_server.metrics_url)  # an earlier test's generation is counted by now
     before = _generated_tokens_total(engine_server)
     stream = _Stream(engine_server)
     stream.send("tensorrt_llm", list(PROMPT), 3000, "cancel-1", streaming=np.array([[True]]))

@@ -9,7 +9,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,35 +20,38 @@ import pytest
 
 from deploy.configure_repository import configure
 from deploy.triton_launcher import free_port
-from tests.support.fca_client import http_generate, make_inputs, stream_request
-from tests.support.tiny_tool_model import (
+from function_calling_agent.offline_models.tiny_tool_model import (
     FINAL_ANSWER,
     TOOL_CALLS,
     USER_PROMPT,
     agent_transcript,
     build_tiny_tool_model,
 )
+from function_calling_agent.tools import load_tool_modules
+from tests.support.agent_repo import TEST_TOOL_MODULES
+from tests.support.fca_client import http_generate, make_inputs, stream_request
 
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TEST_TOOL_MODULES = REPO_ROOT / "tests" / "models" / "tool_modules"
 TURNS_REPORT = Path("/tmp/fca_cpu_profile_turns.txt")
 MARKUP = ("<tool_call>", "</tool_call>", "<tool_response>", "<|im_end|>", "<|im_start|>")
 
 
 @pytest.fixture(scope="module")
 def tool_model_dir(tmp_path_factory, hermes_tokenizer_dir) -> str:
-    return build_tiny_tool_model(tmp_path_factory.mktemp("tiny-tool-model"), hermes_tokenizer_dir)
+    return build_tiny_tool_model(tmp_path_factory.mktemp("tiny-tool-model"), hermes_tokenizer_dir, scripted_tools())
+
+
+def scripted_tools():
+    return load_tool_modules(["scripted_tools"], [str(TEST_TOOL_MODULES)])
 
 
 @pytest.fixture(scope="module")
 def cpu_repository(tmp_path_factory, tool_model_dir) -> Path:
     out = tmp_path_factory.mktemp("cpu-profile") / "model_repository"
     configure("cpu", out, {"tokenizer_dir": tool_model_dir, "model_dir": tool_model_dir,
-                           "tool_modules": "scripted_tools"})
-    for module in TEST_TOOL_MODULES.glob("*.py"):
-        shutil.copy(module, out / "function_calling_agent" / "1" / module.name)
+                           "tool_modules": "scripted_tools", "tool_path": str(TEST_TOOL_MODULES)})
     engine_config = out / "tensorrt_llm" / "config.pbtxt"
     text = engine_config.read_text(encoding="utf-8")
     if "torch_threads" in text:  # two cores shared with the test process and the agent
@@ -87,7 +89,7 @@ def _check_conversation(label: str, finish_reason: str, text: str, usage: dict, 
 def test_cpu_profile_runs_three_turns_with_prefix_reuse(triton_server_factory, cpu_repository, tool_model_dir):
     from transformers import AutoTokenizer
 
-    expected_prompts = agent_transcript(AutoTokenizer.from_pretrained(tool_model_dir)).prompts
+    expected_prompts = agent_transcript(AutoTokenizer.from_pretrained(tool_model_dir), scripted_tools()).prompts
     server = triton_server_factory(cpu_repository)
 
     # First request on a fresh server: nothing cached, so turn 1 reuses nothing.

@@ -11,15 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from function_calling_agent.scripted_engine.repository import make_scripted_engine, read_request_log
 from tests.support.agent_repo import make_agent_model
-from tests.support.fca_client import MODEL, is_ready, make_inputs, scrape, stop_with_stubs, stream_request, value
-from tests.support.scripted_repo import make_scripted_engine, read_request_log
+from tests.support.fca_client import (
+    MODEL,
+    is_ready,
+    make_inputs,
+    scrape,
+    settled,
+    stop_with_stubs,
+    stream_request,
+    value,
+)
 from tests.support.triton_server import TritonServerFactory
 
 pytestmark = pytest.mark.integration
@@ -75,9 +85,11 @@ def server(tmp_path_factory, hermes_tokenizer_dir):
                      parameters={"tool_workers": str(POOL_WORKERS), "max_abandoned_tool_threads": str(POOL_ABANDONED),
                                  "tool_timeout_seconds": "1"})
     factory = TritonServerFactory(tmp_path_factory.mktemp("faults-logs"))
+    gates = tmp_path_factory.mktemp("tool-gates")
     try:
-        running = factory(repo, model_control_mode="explicit", load_models=["*"])
-        running.engine_dir, running.repo = engine_dir, repo
+        running = factory(repo, model_control_mode="explicit", load_models=["*"],
+                          env={**os.environ, "FCA_TEST_GATE_DIR": str(gates)})
+        running.engine_dir, running.repo, running.gates = engine_dir, repo, gates
         yield running
     finally:
         for running in factory.servers:
@@ -182,7 +194,7 @@ def test_request_deadline_ends_a_hung_tool(server):
 
 # ---- cancellation ------------------------------------------------------------------------------------------------
 def test_cancels_mid_generation_and_mid_tool_under_load(server):
-    before = scrape(server.metrics_url)
+    before = settled(server.metrics_url)
     done = threading.Event()
     load: list = []
 
@@ -213,13 +225,7 @@ def test_cancels_mid_generation_and_mid_tool_under_load(server):
         assert outcome.finals == 1 and outcome.error is None and outcome.finish_reason == "stop", outcome
         assert "12.34" in outcome.text
 
-    def settled():
-        samples = scrape(server.metrics_url)
-        return (value(samples, "fca_active_requests", model=MODEL) == 0
-                and value(samples, "scripted_engine_inflight") == 0)
-
-    assert wait_for(settled, 10), "requests still in flight after the cancels"
-    after = scrape(server.metrics_url)
+    after = settled(server.metrics_url)
 
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
@@ -248,7 +254,7 @@ def gate(server, name: str):
     try:
         yield name
     finally:
-        (server.repo / POOL_MODEL / "1" / f"gate-{name}").touch()  # where fault_tools.blocking_tool looks
+        (server.gates / f"gate-{name}").touch()  # where fault_tools.blocking_tool looks
 
         def drained():  # the gauge is refreshed when a request ends
             assert ask(server, "Say hello", model=POOL_MODEL).finals == 1

@@ -1,4 +1,4 @@
-"""agent_tools.finance against fakes of yfinance's `Ticker` attributes, plus the real (unreachable) network path.
+"""function_calling_agent.tools.finance against fakes of yfinance's `Ticker` attributes, plus the real (unreachable) network path.
 
 The fake data below is NOT recorded from Yahoo (this machine cannot reach it): it is built from the shapes yfinance 1.7
 documents and returns (`Ticker.info` dict keys, the two `Ticker.news` item shapes, the `Ticker.history` DataFrame,
@@ -8,26 +8,18 @@ the `Ticker.recommendations` trend DataFrame and the `Ticker.analyst_price_targe
 from __future__ import annotations
 
 import json
-import pathlib
 import socket
-import sys
 import threading
 import time
 
 import pandas as pd
+import pydantic
 import pytest
 import yfinance
 from yfinance.exceptions import YFRateLimitError
 
-_MODEL_DIR = pathlib.Path(__file__).resolve().parents[1] / "model_repository" / "function_calling_agent" / "1"
-if str(_MODEL_DIR) not in sys.path:
-    sys.path.insert(0, str(_MODEL_DIR))
-
-import pydantic  # noqa: E402
-
-from agent_tools import finance  # noqa: E402
-from hermes_agent.tool_registry import ToolError, load_tool_modules, spec_of  # noqa: E402
-from hermes_agent.tool_results import serialize_result  # noqa: E402
+from function_calling_agent.tools import ToolError, finance, load_tool_modules, spec_of
+from function_calling_agent.tools.results import serialize_result
 
 # Documented shape: `Ticker.info` is Yahoo's quoteSummary modules flattened into one dict (subset of its keys).
 INFO_AAPL = {
@@ -148,7 +140,7 @@ def yahoo(monkeypatch) -> FakeYahoo:
 
 
 def test_finance_tool_schemas():
-    registry = load_tool_modules(["agent_tools.finance"])
+    registry = load_tool_modules(["function_calling_agent.tools.finance"])
     assert registry.names() == ("get_current_stock_price", "get_company_news", "get_company_profile",
                                 "get_stock_price_history", "get_analyst_recommendations")
     for spec in registry.values():

@@ -7,8 +7,6 @@ streaming parser must never raise. Hostile inputs that once crashed are pinned a
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections import Counter
 
 import numpy as np
@@ -16,11 +14,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "model_repository", "function_calling_agent", "1"))
-
-from hermes_agent.client_request import InvalidRequest, decode_request  # noqa: E402
-from hermes_agent.tool_call_parser import (  # noqa: E402
+from function_calling_agent.adapter.contract import InvalidRequest, decode_request
+from function_calling_agent.tool_call_parser import (
     MAX_CALL_CHARS,
     ToolCall,
     ToolCallFormatError,

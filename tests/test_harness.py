@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.support.hermes_tokenizer import SPECIAL_TOKENS, build_hermes_tokenizer
+from function_calling_agent.offline_models.hermes_tokenizer import SPECIAL_TOKENS, build_hermes_tokenizer
 
 ECHO_CONFIG = """
 name: "echo_stream"

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from function_calling_agent.scripted_engine.repository import make_scripted_engine
 from tests.support.agent_repo import make_agent_model
-from tests.support.fca_client import MODEL, make_inputs, scrape, scrape_text, stream_request, value
-from tests.support.scripted_repo import make_scripted_engine
+from tests.support.fca_client import MODEL, make_inputs, scrape_text, settled, stream_request, value
 from tests.support.triton_server import TritonServerFactory
 
 pytestmark = pytest.mark.integration
@@ -65,14 +65,10 @@ def ask(server, text: str, **extra):
                                                         "return_trace": True, **extra}), timeout=30)
 
 
-def wait_idle(server, timeout: float = 10.0):
-    """Samples once no agent request is in flight (a cancelled request is counted shortly after the cancel)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        samples = scrape(server.metrics_url)
-        if value(samples, "fca_active_requests", model=MODEL) == 0 or time.monotonic() > deadline:
-            return samples
-        time.sleep(0.05)
+def wait_idle(server, timeout: float = 30.0):
+    """Samples once no request is in flight and the counters stand still (a cancelled request is counted shortly
+    after the cancel)."""
+    return settled(server.metrics_url, timeout)
 
 
 def test_counts_after_known_traffic(server):

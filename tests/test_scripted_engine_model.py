@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import requests
 
-from tests.support.scripted_repo import make_scripted_engine, read_request_log, write_script
+from function_calling_agent.scripted_engine.repository import make_scripted_engine, read_request_log, write_script
+from tests.support.fca_client import settled
 from tests.support.triton_server import TritonServerFactory
 
 pytestmark = pytest.mark.integration
@@ -289,6 +290,7 @@ def test_bad_input_is_rejected_with_one_error(engine, stream):
 
 
 def test_one_instance_runs_requests_concurrently_and_counts_them(engine):
+    settled(engine.server.metrics_url)  # counter deltas over a quiescent engine
     before = metrics(engine)
     streams = [EngineStream(engine.server, engine.tokenizer) for _ in range(8)]
     started = time.monotonic()
@@ -303,6 +305,7 @@ def test_one_instance_runs_requests_concurrently_and_counts_them(engine):
     # Counters move just before each log line is written.
     assert log_entries(engine, "nobody", "stop")[0]["stopped"] == 0
     assert all(log_entries(engine, f"slow-{n}", "end") for n in range(8))
+    settled(engine.server.metrics_url)
     after = metrics(engine)
     assert after['scripted_engine_requests_total{end="completed"}'] - before.get(
         'scripted_engine_requests_total{end="completed"}', 0) == 8

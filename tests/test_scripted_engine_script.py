@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from tests.support.scripted_repo import completion_script_module, make_scripted_engine, read_request_log, write_script
-
-cs = completion_script_module()
+from function_calling_agent.model_config import find_placeholders
+from function_calling_agent.scripted_engine import script as cs
+from function_calling_agent.scripted_engine.repository import make_scripted_engine, read_request_log, write_script
 
 SYSTEM = "<|im_start|>system\nYou are a function calling AI model. <tools> [] </tools><|im_end|>\n"
 
@@ -146,10 +146,10 @@ def test_make_scripted_engine_fills_every_placeholder(tmp_path):
     engine = make_scripted_engine(tmp_path / "repo", SCRIPT, tmp_path / "tok", token_latency_ms=2.5, instance_count=3)
     assert engine == tmp_path / "repo" / "tensorrt_llm"
     config = (engine / "config.pbtxt").read_text(encoding="utf-8")
-    assert "${" not in config and "name:" not in config.split("backend:")[1].split("input [")[0]
+    assert find_placeholders(config) == frozenset() and "name:" not in config.split("backend:")[1].split("input [")[0]
     assert "count: 3" in config and 'string_value: "2.5"' in config
     assert json.loads((engine / "script.json").read_text(encoding="utf-8")) == SCRIPT
-    assert (engine / "1" / "model.py").is_file() and (engine / "1" / "completion_script.py").is_file()
+    assert (engine / "1" / "model.py").is_file()
     assert read_request_log(engine) == []
     with pytest.raises(cs.ScriptError):
         write_script(engine, {"default_turns": "oops"})

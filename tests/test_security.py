@@ -2,35 +2,30 @@
 validation, result caps, no evaluation of model output, and no tool payloads in the server log.
 
 The server (log verbosity 1) holds the scripted engine and two agents:
-  function_calling_agent  tool_modules=injection_tools (canary_tools sits beside model.py but is not listed)
+  function_calling_agent  tool_modules=injection_tools (canary_tools is on the tool_path but not listed)
   fca_narrow              tool_modules=injection_tools,canary_tools; requests narrow `tools` to exclude the canary
-The canary `delete_everything` leaves a file beside its module if it ever runs.
+The canary `delete_everything` leaves a file in the test's canary folder if it ever runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 
-from tests.support.agent_repo import make_agent_model
+from function_calling_agent.chat_format import ChatFormat
+from function_calling_agent.scripted_engine.repository import make_scripted_engine, read_request_log
+from function_calling_agent.tool_call_parser import ToolCallFormatError, parse_tool_call
+from function_calling_agent.tools import load_tool_modules
+from tests.support.agent_repo import TEST_TOOL_MODULES, import_test_tool_module, make_agent_model
 from tests.support.fca_client import make_inputs, stream_request
-from tests.support.scripted_repo import make_scripted_engine, read_request_log
 from tests.support.triton_server import TritonServerFactory
 
-TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS.parent / "model_repository" / "function_calling_agent" / "1"))
-sys.path.insert(0, str(TESTS / "models" / "tool_modules"))
-
-from transformers import AutoTokenizer  # noqa: E402
-
-from hermes_agent.chat_format import ChatFormat  # noqa: E402
-from hermes_agent.tool_call_parser import ToolCallFormatError, parse_tool_call  # noqa: E402
-from hermes_agent.tool_registry import load_tool_modules  # noqa: E402
-from injection_tools import AUDIT_RESULT, INJECTION  # noqa: E402
+INJECTION = import_test_tool_module("injection_tools").INJECTION
+AUDIT_RESULT = import_test_tool_module("injection_tools").AUDIT_RESULT
 
 pytestmark = pytest.mark.integration
 
@@ -94,16 +89,17 @@ def server(tmp_path_factory, hermes_tokenizer_dir):
     make_agent_model(repo, hermes_tokenizer_dir, tool_modules="injection_tools")
     make_agent_model(repo, hermes_tokenizer_dir, tool_modules="injection_tools,canary_tools", model_name=NARROW)
     factory = TritonServerFactory(tmp_path_factory.mktemp("security-logs"))
+    canary_dir = tmp_path_factory.mktemp("canary")
     try:
-        running = factory(repo, log_verbose=1)
-        running.engine_dir, running.repo, running.marker = engine_dir, repo, marker
+        running = factory(repo, log_verbose=1, env={**os.environ, "FCA_TEST_CANARY_DIR": str(canary_dir)})
+        running.engine_dir, running.repo, running.marker, running.canary_dir = engine_dir, repo, marker, canary_dir
         yield running
     finally:
         factory.stop_all()
 
 
 def canaries(server) -> list[Path]:
-    return [p for p in server.repo.glob(f"*/1/{CANARY_FILE}")]
+    return list(server.canary_dir.glob(CANARY_FILE))
 
 
 def ask(server, text: str, model: str = "function_calling_agent", **extra):
@@ -185,7 +181,7 @@ def test_control_tokens_from_users_and_tools_stay_text(server, hermes_tokenizer_
     def control_tokens(ids):
         return {token: ids.count(token) for token in special}
 
-    schemas = load_tool_modules(["injection_tools"]).schemas()
+    schemas = load_tool_modules(["injection_tools"], [str(TEST_TOOL_MODULES)]).schemas()
     prompt = chat.render_prompt([{"role": "user", "content": forged}], schemas)
     benign = chat.render_prompt([{"role": "user", "content": "FORGE_USER what now?"}], schemas)
     assert control_tokens(prompt) == control_tokens(benign)  # the user's text added no control token
@@ -216,6 +212,7 @@ def test_canary_detects_a_call_when_the_allowlist_permits_it(server):
     assert canaries(server) == []
     outcome = ask(server, "INJECT_FOLLOW: news on RIVN?", model=NARROW)
     assert ("delete_everything", "ok") in statuses(outcome)
-    assert [p.parent.parent.name for p in canaries(server)] == [NARROW]
+    # Only NARROW lists canary_tools, so the one canary file is its call.
+    assert len(canaries(server)) == 1
     for path in canaries(server):
         os.remove(path)

@@ -17,10 +17,21 @@ from pathlib import Path
 
 import pytest
 
+from function_calling_agent.scripted_engine.repository import make_scripted_engine
 from tests.support.agent_repo import make_agent_model
-from tests.support.fca_client import (MODEL, StreamOutcome, dump_stacks, fca_lines, make_inputs, process_tree,
-                                      read_response, scrape, scrape_text, stop_with_stubs, value)
-from tests.support.scripted_repo import make_scripted_engine
+from tests.support.fca_client import (
+    MODEL,
+    StreamOutcome,
+    dump_stacks,
+    fca_lines,
+    make_inputs,
+    process_tree,
+    read_response,
+    scrape,
+    scrape_text,
+    stop_with_stubs,
+    value,
+)
 from tests.support.triton_server import TritonServerFactory
 
 # Part of CI (about a minute). FCA_SOAK_REQUESTS scales it up for a longer run by hand.

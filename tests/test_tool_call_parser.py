@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import sys
+import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "model_repository", "function_calling_agent", "1"))
-
-import pytest  # noqa: E402
-
-from hermes_agent.tool_call_parser import (  # noqa: E402
+from function_calling_agent.tool_call_parser import (
     MAX_CALL_CHARS,
     AnswerStream,
     ToolCall,
@@ -206,3 +200,14 @@ def test_answer_stream_holds_a_stop_word_prefix_then_releases_it():
     assert stream.push("Go ST") == "Go"
     assert stream.push("ART now") == " START now"
     assert stream.stopped_by is None
+
+
+def test_a_tag_prefix_before_a_stray_closing_tag_is_held_whatever_the_chunking():
+    # Found by the fuzzer: `</tool_` then a stray `</tool_call>`; cut inside the stray tag, the prefix used to be
+    # released as answer text, while the whole text leaves only a tag fragment (dropped at the end of the turn).
+    text = "</tool_call></tool_</tool_call>"
+    whole = ToolCallParser()
+    expected = whole.feed(text) + whole.finish()
+    for cut in range(len(text) + 1):
+        parser = ToolCallParser()
+        assert parser.feed(text[:cut]) + parser.feed(text[cut:]) + parser.finish() == expected == ""

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "model_repository", "function_calling_agent", "1"))
+import pytest
 
-import pytest  # noqa: E402
-
-from hermes_agent.tool_execution import ToolExecutor  # noqa: E402
-from hermes_agent.tools import ToolSpec, ToolStatus  # noqa: E402
+from function_calling_agent.tools.execution import ToolExecutor
+from function_calling_agent.tools.spec import ToolSpec, ToolStatus
 
 NO_PARAMS = {"type": "object", "properties": {}}
 

@@ -19,11 +19,8 @@ import pydantic
 import pytest
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
-_MODEL_DIR = _REPO / "model_repository" / "function_calling_agent" / "1"
-if str(_MODEL_DIR) not in sys.path:
-    sys.path.insert(0, str(_MODEL_DIR))
 
-from hermes_agent.tool_registry import (  # noqa: E402
+from function_calling_agent.tools import (
     ToolNotOfferedError,
     ToolRegistry,
     build_tool_spec,
@@ -31,8 +28,8 @@ from hermes_agent.tool_registry import (  # noqa: E402
     spec_of,
     tool,
 )
-from hermes_agent.tool_results import ToolResultError, serialize_result  # noqa: E402
-from hermes_agent.tools import ToolDefinitionError, ToolSpec  # noqa: E402
+from function_calling_agent.tools.results import ToolResultError, serialize_result
+from function_calling_agent.tools.spec import ToolDefinitionError, ToolSpec
 
 
 @tool
@@ -220,7 +217,7 @@ def write_module(tmp_path, monkeypatch):
 
 
 _TWO_TOOLS = '''
-from hermes_agent.tool_registry import tool
+from function_calling_agent.tools import tool
 
 @tool
 def second_tool(x: int) -> int:
@@ -255,7 +252,7 @@ def test_load_collects_the_tools_a_module_defines_in_definition_order(write_modu
 def test_imported_tools_are_not_exported_again(write_module):
     base = write_module(_TWO_TOOLS)
     reuser = write_module(f'''
-        from hermes_agent.tool_registry import tool
+        from function_calling_agent.tools import tool
         from {base} import first_tool
 
         @tool
@@ -282,7 +279,7 @@ def test_module_without_tools_fails_loading(write_module):
 
 def test_tool_without_docstring_fails_loading_naming_module_and_function(write_module):
     name = write_module('''
-        from hermes_agent.tool_registry import tool
+        from function_calling_agent.tools import tool
 
         @tool
         def undocumented(x: int) -> int:
@@ -295,7 +292,7 @@ def test_tool_without_docstring_fails_loading_naming_module_and_function(write_m
 
 
 def test_bad_module_lists_fail_with_clear_errors(write_module):
-    with pytest.raises(ToolDefinitionError, match="'no_such_tools_module' not found: put it in the model folder"):
+    with pytest.raises(ToolDefinitionError, match="'no_such_tools_module' not found in the model's Python environment: put its folder in the tool_path"):
         load_tool_modules(["no_such_tools_module"])
     with pytest.raises(ToolDefinitionError, match="not a dotted Python module name"):
         load_tool_modules(["my_tools.py"])
@@ -314,7 +311,7 @@ def test_bad_module_lists_fail_with_clear_errors(write_module):
 
 def test_example_user_module_loads_by_dotted_name(monkeypatch):
     monkeypatch.syspath_prepend(str(_REPO / "examples" / "custom_tools"))
-    registry = load_tool_modules(["agent_tools.finance", "my_weather_tools"])
+    registry = load_tool_modules(["function_calling_agent.tools.finance", "my_weather_tools"])
     assert registry.names()[-2:] == ("get_example_weather", "convert_temperature")
     weather = registry["get_example_weather"]
     assert weather.timeout_s == 2.0
@@ -329,7 +326,7 @@ def test_example_user_module_loads_by_dotted_name(monkeypatch):
 @pytest.fixture
 def registry(write_module):
     third = write_module('''
-        from hermes_agent.tool_registry import tool
+        from function_calling_agent.tools import tool
 
         @tool
         def third_tool() -> str:

@@ -10,7 +10,7 @@ import json
 import os
 import time
 
-from hermes_agent.tool_registry import tool
+from function_calling_agent.tools import tool
 
 _CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_tools.json")
 

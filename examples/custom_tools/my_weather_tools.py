@@ -1,12 +1,12 @@
 """Example of a user tool module (see docs/tools.md). The weather here is MADE UP: a fixed table, no network.
 
-Offer it by putting this file next to the model's model.py (model_repository/function_calling_agent/1/) or on the
-model environment's PYTHONPATH, and listing it in the `tool_modules` parameter: `agent_tools.finance,my_weather_tools`.
+Offer it with `./serve.sh --tool-path examples/custom_tools --tool-modules function_calling_agent.tools.finance,my_weather_tools`
+(the `tool_path` and `tool_modules` parameters of function_calling_agent).
 """
 
 from typing import Literal
 
-from hermes_agent.tool_registry import ToolError, tool
+from function_calling_agent.tools import ToolError, tool
 
 # Fixed sample data for the example; a real module would call a weather service here.
 _EXAMPLE_WEATHER_C = {

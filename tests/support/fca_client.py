@@ -219,6 +219,32 @@ def scrape(metrics_url: str) -> list[tuple[str, dict, float]]:
     return parse_metrics(scrape_text(metrics_url))
 
 
+# Gauges that are 0 on a server with no request in flight (the agent's and the scripted engine's), and the
+# prefixes of the metric families our models count in (Triton's own CPU and memory gauges always move).
+IDLE_GAUGES = ("fca_active_requests", "scripted_engine_inflight")
+OUR_METRICS = ("fca_", "scripted_engine_", "tensorrt_llm_cpu_")
+
+
+def settled(metrics_url: str, timeout: float = 30.0, gauges=IDLE_GAUGES) -> list[tuple[str, dict, float]]:
+    """Samples of a quiescent server: every gauge in `gauges` is 0 and two scrapes 0.2 s apart are equal.
+
+    Counter deltas are only meaningful between two settled reads: a request an earlier test sent, or one whose final
+    response the client already has, may still be being counted. Raises AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    previous = None
+    while True:
+        samples = scrape(metrics_url)
+        ours = [sample for sample in samples if sample[0].startswith(OUR_METRICS)]
+        idle = all(value(samples, gauge) == 0 for gauge in gauges)
+        if idle and ours == previous:
+            return samples
+        previous = ours if idle else None
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server did not settle within {timeout:g} s: "
+                                 + ", ".join(f"{g}={value(samples, g):g}" for g in gauges))
+        time.sleep(0.2)
+
+
 def value(samples, name: str, **labels) -> float:
     """Sum of the samples called `name` whose labels include `labels` (0 when there are none)."""
     return sum(v for n, l, v in samples if n == name and all(l.get(k) == str(x) for k, x in labels.items()))

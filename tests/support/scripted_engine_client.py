@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Optional, Sequence, Union
 
-from hermes_agent.engine import EngineError, EngineRequest, EngineTurnStats
+from function_calling_agent.engine import EngineError, EngineOutput, EngineRequest
 
 
 class ScriptedEngine:
@@ -38,7 +38,7 @@ class ScriptedEngine:
             return self.tokenizer.encode(item, add_special_tokens=False)
         return list(item)
 
-    async def generate(self, request: EngineRequest, stats: EngineTurnStats):
+    async def generate(self, request: EngineRequest):
         turn = len(self.requests)
         self.requests.append(request)
         stop = self._stop_events.setdefault(request.request_id, asyncio.Event())
@@ -57,7 +57,7 @@ class ScriptedEngine:
                     return
                 if self.token_delay_s:
                     await asyncio.sleep(self.token_delay_s)
-                yield ids[i: i + self.chunk]
+                yield EngineOutput(tuple(ids[i: i + self.chunk]))
             completed = True
         finally:
             if not completed and not stop.is_set():

@@ -77,8 +77,7 @@ class TritonServerFactory:
         server = TritonServer(model_repository, **options)
         running = RunningServer(server)
         self.servers.append(running)
-        server.start()
-        server.wait_ready(ready_timeout)
+        server.launch(ready_timeout)
         return running
 
     def stop_all(self) -> None:

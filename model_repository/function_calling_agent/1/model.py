@@ -1,7 +1,7 @@
 """Triton adapter of function_calling_agent: tensors in, the agent loop, streamed final-answer text out.
 
-The loop itself lives in `hermes_agent` (no Triton imports); this file only converts at the boundary, calls the
-engine over BLS, and guarantees exactly one FINAL response per request on every path.
+The loop itself lives in the `function_calling_agent` package (no Triton imports); this file only converts at the
+boundary, calls the engine over BLS, and guarantees exactly one FINAL response per request on every path.
 """
 
 import asyncio
@@ -15,19 +15,17 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
-from agent_metrics import AgentMetrics
-from bls_engine import BlsEngineClient
-from hermes_agent.chat_format import ChatFormat
-from hermes_agent.client_request import InvalidRequest, decode_request
-from hermes_agent.config import AgentConfig, ConfigError, declared_tensor_names, parse_parameters
-from hermes_agent.engine import EngineError
-from hermes_agent.loop import AgentRequest, AgentRun, ContextBudgetError
-from hermes_agent.tool_execution import ToolExecutor
-from hermes_agent.tool_registry import ToolNotOfferedError, load_tool_modules
+from function_calling_agent.adapter.bls_engine import BlsEngineClient
+from function_calling_agent.adapter.contract import CLIENT_INPUTS, InvalidRequest, check_declared, decode_request
+from function_calling_agent.adapter.metrics import AgentMetrics
+from function_calling_agent.adapter.parameters import AgentConfig, ConfigError, parse_parameters
+from function_calling_agent.chat_format import ChatFormat
+from function_calling_agent.engine import EngineError
+from function_calling_agent.model_config import ModelConfigError, read_model_config, tensor_names
+from function_calling_agent.run import AgentRequest, AgentRun, ContextBudgetError
+from function_calling_agent.tools import ToolNotOfferedError, load_tool_modules
+from function_calling_agent.tools.execution import ToolExecutor
 
-_INPUTS = ("text_input", "max_tokens", "stream", "temperature", "top_k", "top_p", "random_seed",
-           "repetition_penalty", "presence_penalty", "frequency_penalty", "stop_words", "messages",
-           "max_iterations", "tools", "return_trace")
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
@@ -44,14 +42,15 @@ class TritonPythonModel:
                 "function_calling_agent must be decoupled: set model_transaction_policy { decoupled: true }")
         raw = {k: v.get("string_value", "") for k, v in model_config.get("parameters", {}).items()}
         try:
+            check_declared(model_config)
             self.config: AgentConfig = parse_parameters(raw)
-        except ConfigError as exc:
+        except (ConfigError, ValueError) as exc:
             raise pb_utils.TritonModelException(f"function_calling_agent config.pbtxt: {exc}") from None
         self.name = model_config.get("name", "function_calling_agent")
 
         tokenizer = AutoTokenizer.from_pretrained(self.config.tokenizer_dir)
         self.chat = ChatFormat(tokenizer)
-        self.tools = load_tool_modules(self.config.tool_modules)
+        self.tools = load_tool_modules(self.config.tool_modules, self.config.tool_path)
         self.executor = ToolExecutor(self.config.tool_workers, self.config.max_abandoned_tool_threads)
 
         inputs, outputs = self._engine_tensors(args)
@@ -69,18 +68,20 @@ class TritonPythonModel:
         """The engine's declared inputs/outputs: from the `engine_inputs` parameter, else its config.pbtxt."""
         repository = os.path.dirname(os.path.abspath(args["model_repository"].rstrip("/")))
         path = os.path.join(repository, self.config.tensorrt_llm_model_name, "config.pbtxt")
-        text = None
+        config = None
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
+            try:
+                config = read_model_config(path)
+            except ModelConfigError as exc:
+                raise pb_utils.TritonModelException(f"function_calling_agent: the engine's config: {exc}") from None
         if self.config.engine_inputs is not None:
-            outputs = declared_tensor_names(text, "output") if text else ("output_ids",)
+            outputs = tensor_names(config, "output") if config is not None else ("output_ids",)
             return self.config.engine_inputs, outputs
-        if text is None:
+        if config is None:
             raise pb_utils.TritonModelException(
                 f"cannot read the engine's config at {path}; set the engine_inputs parameter to the engine's "
                 "optional input names instead")
-        return declared_tensor_names(text, "input"), declared_tensor_names(text, "output")
+        return tensor_names(config, "input"), tensor_names(config, "output")
 
     async def execute(self, requests):
         if not self._executor_set:
@@ -110,7 +111,7 @@ class TritonPythonModel:
 
         try:
             self.metrics.request_started()
-            inputs = {name: _as_numpy(request, name) for name in _INPUTS}
+            inputs = {name: _as_numpy(request, name) for name in CLIENT_INPUTS}
             client = decode_request(inputs, max_tokens_limit=self.config.limits.max_context_tokens - 1,
                                     max_input_chars=self.config.max_input_chars, engine_inputs=self.engine.declared)
             tools = self.tools.narrow(client.tools) if client.tools is not None else self.tools

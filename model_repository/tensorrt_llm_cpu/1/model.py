@@ -1,4 +1,4 @@
-"""Triton adapter for the CPU engine: speaks the `tensorrt_llm` contract over cpu_generation.GenerationEngine.
+"""Triton adapter for the CPU engine: speaks the `tensorrt_llm` contract over function_calling_agent.cpu_engine.GenerationEngine.
 
 Decoupled and asynchronous: each request is served by its own coroutine on the stub's event loop, fed token
 updates by the engine's generation thread. Every request gets exactly one FINAL, on every path.
@@ -12,7 +12,7 @@ import os
 
 import triton_python_backend_utils as pb_utils
 
-from cpu_generation import (
+from function_calling_agent.cpu_engine import (
     ConfigError,
     EngineConfig,
     FinishReason,
@@ -24,7 +24,7 @@ from cpu_generation import (
     parse_request,
     token_outputs,
 )
-from cpu_generation.contract import INPUT_NAMES
+from function_calling_agent.cpu_engine.contract import INPUT_NAMES
 
 # How often a request with no new token checks whether its client went away.
 CANCEL_POLL_S = 0.05

@@ -1,6 +1,6 @@
 """Hostile tool output for the security tests: news that tries prompt injection and turn forging."""
 
-from hermes_agent.tool_registry import tool
+from function_calling_agent.tools import tool
 
 # Tries to close the tool turn, forge a system turn and an assistant turn, and steer the model to a tool that is not
 # offered (canary_tools.delete_everything) or to an argument the tool does not declare.

@@ -3,7 +3,7 @@
 import threading
 import time
 
-from hermes_agent.tool_registry import tool
+from function_calling_agent.tools import tool
 
 _calls_lock = threading.Lock()
 CALLS: list = []

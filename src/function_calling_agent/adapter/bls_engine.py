@@ -15,8 +15,8 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from hermes_agent.client_request import SAMPLING_ENGINE_INPUTS
-from hermes_agent.engine import EngineError, EngineRequest, EngineTurnStats
+from ..engine import EngineError, EngineOutput, EngineRequest
+from .contract import SAMPLING_ENGINE_INPUTS
 
 _END = object()
 _OUTPUTS = ("output_ids", "prefix_reused_tokens")
@@ -151,7 +151,7 @@ class BlsEngineClient:
             tensors.append(self._pb.Tensor("bad_words_list", words_tensor(request.bad_words)))
         return tensors
 
-    async def generate(self, request: EngineRequest, stats: EngineTurnStats):
+    async def generate(self, request: EngineRequest):
         if "streaming" not in self.declared:
             raise EngineError(f"engine model {self.model_name!r} does not declare a streaming input")
         infer = self._pb.InferenceRequest(
@@ -191,20 +191,19 @@ class BlsEngineClient:
                 ids = self._pb.get_output_tensor_by_name(response, "output_ids")
                 if ids is None:  # a trailing empty FINAL response
                     continue
-                self._read_stats(response, stats)
                 array = ids.as_numpy()
                 # Streaming responses hold only the new ids: [batch, beam, new] with one beam.
                 flat = array[0, 0] if array.ndim == 3 else array.reshape(-1)
-                if flat.size:
-                    yield flat.tolist()
+                reused = self._reused_prompt_tokens(response)
+                if flat.size or reused is not None:
+                    yield EngineOutput(tuple(flat.tolist()), reused)
         finally:
             if not exhausted:
                 self._drain_in_background(iterator, request.request_id, reading)
 
-    def _read_stats(self, response, stats: EngineTurnStats) -> None:
+    def _reused_prompt_tokens(self, response) -> Optional[int]:
         reused = self._pb.get_output_tensor_by_name(response, "prefix_reused_tokens")
-        if reused is not None:
-            stats.reused_prompt_tokens = int(reused.as_numpy().reshape(-1)[0])
+        return None if reused is None else int(reused.as_numpy().reshape(-1)[0])
 
     def _drain_orphan(self, call: "asyncio.Future", request_id: str) -> None:
         """Drains the stream of a call whose caller was cancelled before the call returned."""

@@ -2,14 +2,15 @@
 
 A random model never emits a tool call, so an end-to-end run of the agent over the CPU engine would stop after one
 turn. This model is trained (seconds of CPU) on the exact token ids the agent itself produces for USER_PROMPT with
-the `scripted_tools` test tools, and greedy decoding then answers:
+the tools it is given (tools named get_current_stock_price and get_company_news), and greedy decoding then answers:
 
     turn 0  <tool_call> get_current_stock_price(RIVN) </tool_call><|im_end|>
     turn 1  <tool_call> get_company_news(RIVN) </tool_call><|im_end|>      (after the price result)
     turn 2  FINAL_ANSWER<|im_end|>                                         (after the news result)
 
-The prompts come from running the agent's own loop (`hermes_agent.loop.AgentRun`) against an in-process engine that
-replays these completions, so they are the prompts the served agent sends, token for token.
+The prompts come from running the agent's own loop (`function_calling_agent.run.AgentRun`) against an in-process
+engine that replays these completions, with the same tools, so they are the prompts the served agent sends, token for
+token.
 """
 
 from __future__ import annotations
@@ -17,20 +18,20 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Mapping
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-AGENT_CODE_DIR = REPO_ROOT / "model_repository" / "function_calling_agent" / "1"
-TEST_TOOL_MODULES = REPO_ROOT / "tests" / "models" / "tool_modules"
+from ..chat_format import ChatFormat
+from ..engine import EngineOutput
+from ..run import AgentLimits, AgentRequest, AgentRun
+from ..tools.execution import ToolExecutor
+from ..tools.spec import ToolSpec
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 MARKER = ".tiny-tool-model-complete"
 
 USER_PROMPT = "Give me Rivian (RIVN) news and stock price"
-TOOL_MODULES = ("scripted_tools",)
 COMPLETIONS = (
     '<tool_call>\n{"name": "get_current_stock_price", "arguments": {"symbol": "RIVN"}}\n</tool_call>',
     '<tool_call>\n{"name": "get_company_news", "arguments": {"symbol": "RIVN"}}\n</tool_call>',
@@ -56,41 +57,28 @@ class Transcript:
     engine_turns: int
 
 
-def _agent_imports():
-    for path in (str(AGENT_CODE_DIR), str(TEST_TOOL_MODULES)):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-
-
 def completion_ids(tokenizer) -> tuple[tuple[int, ...], ...]:
     end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     return tuple(tuple(tokenizer.encode(text, add_special_tokens=False)) + (end_id,) for text in COMPLETIONS)
 
 
-def agent_transcript(tokenizer) -> Transcript:
+def agent_transcript(tokenizer, tools: Mapping[str, ToolSpec]) -> Transcript:
     """Runs the agent loop with an engine that replays `completion_ids` and records each prompt it is sent."""
-    _agent_imports()
-    from hermes_agent.chat_format import ChatFormat
-    from hermes_agent.engine import EngineTurnStats
-    from hermes_agent.loop import AgentLimits, AgentRequest, AgentRun
-    from hermes_agent.tool_execution import ToolExecutor
-    from hermes_agent.tool_registry import load_tool_modules
-
     completions = completion_ids(tokenizer)
     prompts: list[tuple[int, ...]] = []
 
     class ReplayEngine:
         supports_bad_words = True
 
-        async def generate(self, request, stats: EngineTurnStats):
+        async def generate(self, request):
             prompts.append(tuple(request.prompt_ids))
-            yield list(completions[min(len(prompts), len(completions)) - 1])
+            yield EngineOutput(completions[min(len(prompts), len(completions)) - 1])
 
         async def stop(self, request_id):
             pass
 
     run = AgentRun(
-        engine=ReplayEngine(), chat=ChatFormat(tokenizer), tools=load_tool_modules(list(TOOL_MODULES)),
+        engine=ReplayEngine(), chat=ChatFormat(tokenizer), tools=tools,
         executor=ToolExecutor(), request=AgentRequest(request_id="tiny", messages=(
             {"role": "user", "content": USER_PROMPT},), max_tokens=64),
         limits=AgentLimits(max_context_tokens=MAX_CONTEXT_TOKENS, max_tool_result_chars=MAX_TOOL_RESULT_CHARS),
@@ -132,8 +120,11 @@ def greedy_completion(model, prompt, end_id: int, max_new_tokens: int = 64) -> l
     return out[0, len(prompt):].tolist()
 
 
-def build_tiny_tool_model(directory: str | os.PathLike, tokenizer_dir: str | os.PathLike) -> str:
-    """Train and save the model plus the tokenizer files into `directory` (kept if already built); return it."""
+def build_tiny_tool_model(directory: str | os.PathLike, tokenizer_dir: str | os.PathLike,
+                          tools: Mapping[str, ToolSpec]) -> str:
+    """Train and save the model plus the tokenizer files into `directory` (kept if already built); return it.
+
+    `tools` are the tools the served agent offers: their schemas are part of every prompt the model learns."""
     directory = os.fspath(directory)
     if os.path.isfile(os.path.join(directory, MARKER)):
         return directory
@@ -144,7 +135,7 @@ def build_tiny_tool_model(directory: str | os.PathLike, tokenizer_dir: str | os.
     started = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer_dir))
     end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    transcript = agent_transcript(tokenizer)
+    transcript = agent_transcript(tokenizer, tools)
     full, targets = _training_sequence(transcript)
 
     config = LlamaConfig(

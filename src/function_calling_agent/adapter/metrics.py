@@ -44,7 +44,8 @@ class AgentMetrics:
         self._active.increment(1)
 
     def request_finished(self, outcome: str, iterations: int | None, calls=()) -> None:
-        self._active.increment(-1)
+        """Counts a finished request. The active gauge drops last, so a reader that sees no request in progress also
+        sees every finished request counted."""
         self._counter(self._requests, outcome=outcome).increment(1)
         if iterations is not None:
             self._iterations_metric.observe(iterations)
@@ -52,6 +53,7 @@ class AgentMetrics:
             self._counter(self._tool_calls, tool=call.name or "(malformed)", outcome=call.status).increment(1)
             if call.status in ("ok", "error", "timeout"):
                 self._histogram(self._tool_latency, LATENCY_BUCKETS, tool=call.name).observe(call.latency_ms / 1000)
+        self._active.increment(-1)
 
     def first_token(self, seconds: float) -> None:
         self._ttft_metric.observe(seconds)

@@ -1,7 +1,9 @@
-"""Client inputs of function_calling_agent, turned into typed values in one place.
+"""The client contract of function_calling_agent: its tensor names and types (the one source), and the decoding of a
+request's tensors into a typed `ClientRequest`.
 
 Every problem a client can fix raises `InvalidRequest` with a message that says what to change; the adapter answers
-it with Triton's INVALID_ARG.
+it with Triton's INVALID_ARG. `model_repository/function_calling_agent/config.pbtxt` declares the same tensors (the
+model checks that at load, see `check_declared`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .engine import SamplingParams
+from ..engine import SamplingParams
 
 
 class InvalidRequest(ValueError):
@@ -32,12 +34,58 @@ SAMPLING_ENGINE_INPUTS = {
     "frequency_penalty": ("frequency_penalty",),
 }
 
-_EXPECTED = {
-    "text_input": np.object_, "max_tokens": np.int32, "stream": np.bool_, "temperature": np.float32,
-    "top_k": np.int32, "top_p": np.float32, "random_seed": np.uint64, "repetition_penalty": np.float32,
-    "presence_penalty": np.float32, "frequency_penalty": np.float32, "stop_words": np.object_,
-    "messages": np.object_, "max_iterations": np.int32, "tools": np.object_, "return_trace": np.bool_,
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of the contract: Triton data type, numpy type, and what it carries. Every input is [1] per request
+    (batch first, so [1, 1]) except `stop_words`, [-1]."""
+
+    data_type: str
+    numpy_type: Any
+    doc: str
+
+
+# Client input name -> spec. Only text_input/messages and max_tokens are needed; every other input is optional.
+CLIENT_INPUTS: Mapping[str, TensorSpec] = {
+    "text_input": TensorSpec("TYPE_STRING", np.object_, "the prompt (or send messages)"),
+    "max_tokens": TensorSpec("TYPE_INT32", np.int32, "required; bounds each engine turn"),
+    "stream": TensorSpec("TYPE_BOOL", np.bool_, "true: answer deltas as they are generated; false: one response"),
+    "temperature": TensorSpec("TYPE_FP32", np.float32, "sampling, every turn"),
+    "top_k": TensorSpec("TYPE_INT32", np.int32, "sampling, every turn"),
+    "top_p": TensorSpec("TYPE_FP32", np.float32, "sampling, every turn"),
+    "random_seed": TensorSpec("TYPE_UINT64", np.uint64, "sampling, every turn"),
+    "repetition_penalty": TensorSpec("TYPE_FP32", np.float32, "sampling, every turn"),
+    "presence_penalty": TensorSpec("TYPE_FP32", np.float32, "sampling, every turn"),
+    "frequency_penalty": TensorSpec("TYPE_FP32", np.float32, "sampling, every turn"),
+    "stop_words": TensorSpec("TYPE_STRING", np.object_, "end the final answer (not tool turns)"),
+    "messages": TensorSpec("TYPE_STRING", np.object_, "OpenAI-style chat history as JSON, instead of text_input"),
+    "max_iterations": TensorSpec("TYPE_INT32", np.int32, "may lower the server's limit, never raise it"),
+    "tools": TensorSpec("TYPE_STRING", np.object_, "JSON list of tool names: a subset of what the server offers"),
+    "return_trace": TensorSpec("TYPE_BOOL", np.bool_, "add tool_trace to the final response"),
 }
+REQUIRED_INPUTS = ("max_tokens",)
+CLIENT_OUTPUTS: Mapping[str, str] = {
+    "text_output": "final-answer text (the deltas when streaming; the last response then carries \"\")",
+    "finish_reason": "stop, length or incomplete (errors and cancellation arrive as Triton errors)",
+    "usage": "JSON: token counts, engine turns, tool calls, iterations, repair turns, reused prompt tokens, detail",
+    "tool_trace": "JSON: every call and the conversation in OpenAI form, to continue it through messages",
+}
+
+
+def check_declared(model_config: Mapping[str, Any]) -> None:
+    """Raises ValueError when a model config (Triton's JSON form) does not declare exactly the contract's tensors."""
+    declared = {t["name"]: t.get("data_type") for t in model_config.get("input", [])}
+    problems = []
+    for name, spec in CLIENT_INPUTS.items():
+        if declared.get(name) != spec.data_type:
+            problems.append(f"input {name!r} must be {spec.data_type}, got {declared.get(name, 'nothing')}")
+    problems += [f"input {name!r} is not part of the contract" for name in declared if name not in CLIENT_INPUTS]
+    outputs = {t["name"] for t in model_config.get("output", [])}
+    if outputs != set(CLIENT_OUTPUTS):
+        problems.append(f"outputs must be {sorted(CLIENT_OUTPUTS)}, got {sorted(outputs)}")
+    if problems:
+        raise ValueError("config.pbtxt does not match the client contract: " + "; ".join(problems))
+
+
 _ROLES = {"system", "user", "assistant", "tool"}
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 MAX_MESSAGES = 256
@@ -118,9 +166,10 @@ def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_lim
 
 
 def _check_array(name: str, array: np.ndarray) -> None:
-    expected = _EXPECTED.get(name)
-    if expected is None:
+    spec = CLIENT_INPUTS.get(name)
+    if spec is None:
         return
+    expected = spec.numpy_type
     if array.dtype.type is not expected and not (expected is np.object_ and array.dtype.kind in "SUO"):
         raise InvalidRequest(f"{name} must be {np.dtype(expected).name if expected is not np.object_ else 'BYTES'}, "
                              f"got {array.dtype}")

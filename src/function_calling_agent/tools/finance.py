@@ -23,7 +23,7 @@ import yfinance as yf
 from curl_cffi import requests as curl_requests
 from yfinance.exceptions import YFRateLimitError
 
-from hermes_agent.tool_registry import ToolError, tool
+from function_calling_agent.tools import ToolError, tool
 
 REQUEST_TIMEOUT_S = 4.0
 CALL_DEADLINE_S = 8.0

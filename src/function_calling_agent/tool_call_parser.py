@@ -26,6 +26,20 @@ def _held_suffix_len(text: str, marker: str) -> int:
     return 0
 
 
+def _tag_tail_len(text: str) -> int:
+    """Length of the tail of `text` that may still become part of a tag: a tag prefix F, optionally followed by the
+    start C of a stray `</tool_call>` (stray closing tags are removed and what they separated is joined, so F + C +
+    `ool_call>` + `call>` can become `<tool_call>`). Holding exactly this makes the result independent of chunking."""
+    best = 0
+    for close_len in range(0, min(len(text), len(TOOL_CALL_CLOSE) - 1) + 1):
+        rest = text[: len(text) - close_len]
+        if close_len and not TOOL_CALL_CLOSE.startswith(text[len(rest):]):
+            continue
+        tag_len = max(_held_suffix_len(rest, TOOL_CALL_OPEN), _held_suffix_len(rest, TOOL_CALL_CLOSE))
+        best = max(best, close_len + tag_len)
+    return best
+
+
 class ToolCallParser:
     """Splits one assistant turn into answer text and raw tool-call bodies."""
 
@@ -62,8 +76,7 @@ class ToolCallParser:
                     self._buffer = self._buffer[:stray] + self._buffer[stray + len(TOOL_CALL_CLOSE):]
                     continue
                 if start < 0:
-                    keep = max(_held_suffix_len(self._buffer, TOOL_CALL_OPEN),
-                               _held_suffix_len(self._buffer, TOOL_CALL_CLOSE))
+                    keep = _tag_tail_len(self._buffer)
                     self._release(self._buffer[: len(self._buffer) - keep], answer)
                     self._buffer = self._buffer[len(self._buffer) - keep:]
                     break

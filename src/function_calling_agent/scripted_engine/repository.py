@@ -1,4 +1,4 @@
-"""Put the scripted `tensorrt_llm` engine (tests/models/scripted_engine) into a model repository.
+"""Put the scripted `tensorrt_llm` engine (model_repository/scripted_engine) into a model repository.
 
     engine_dir = make_scripted_engine(repo, {"scenarios": [...], "default_turns": ["Hi."]}, tokenizer_dir,
                                       token_latency_ms=5)
@@ -12,21 +12,19 @@ The script is written to `<engine_dir>/script.json`; the engine re-reads it when
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import os
-import re
 import shutil
-import sys
-import types
 from pathlib import Path
 from typing import Optional
 
-SCRIPTED_ENGINE_SOURCE = Path(__file__).resolve().parent.parent / "models" / "scripted_engine"
+from ..model_config import fill_placeholders, find_placeholders, read_model_config
+from ..paths import MODEL_REPOSITORY
+from .script import CompletionScript
+
+SCRIPTED_ENGINE_SOURCE = MODEL_REPOSITORY / "scripted_engine"
 SCRIPT_FILE = "script.json"
 REQUEST_LOG = "requests.jsonl"
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
 
 
 def make_scripted_engine(
@@ -56,16 +54,16 @@ def make_scripted_engine(
     }
     config_path = engine_dir / "config.pbtxt"
     template = config_path.read_text(encoding="utf-8")
-    names = set(_PLACEHOLDER.findall(template))
+    names = find_placeholders(template, config_path)
     if names != set(values):
         raise ValueError(f"scripted engine placeholders {sorted(names)} != filled values {sorted(values)}")
-    config_path.write_text(_PLACEHOLDER.sub(lambda m: values[m.group(1)], template), encoding="utf-8")
+    config_path.write_text(fill_placeholders(template, values), encoding="utf-8")
     return engine_dir
 
 
 def write_script(engine_dir: str | os.PathLike, script: dict) -> None:
     """Validates `script` with the engine's own parser and (re)writes it atomically."""
-    completion_script_module().CompletionScript.from_dict(script)
+    CompletionScript.from_dict(script)
     path = Path(engine_dir) / SCRIPT_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(script, indent=1, ensure_ascii=False), encoding="utf-8")
@@ -74,11 +72,10 @@ def write_script(engine_dir: str | os.PathLike, script: dict) -> None:
 
 def state_dir_of(engine_dir: str | os.PathLike) -> Path:
     """The state_dir the engine's filled config names."""
-    config = (Path(engine_dir) / "config.pbtxt").read_text(encoding="utf-8")
-    match = re.search(r'key: "state_dir" value: \{ string_value: "([^"]*)" \}', config)
-    if not match:
+    config = read_model_config(Path(engine_dir) / "config.pbtxt")
+    if "state_dir" not in config.parameters:
         raise ValueError(f"{engine_dir}: no state_dir parameter in config.pbtxt")
-    return Path(match.group(1))
+    return Path(config.parameters["state_dir"].string_value)
 
 
 def read_request_log(engine_dir: str | os.PathLike) -> list[dict]:
@@ -87,14 +84,3 @@ def read_request_log(engine_dir: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-@functools.lru_cache(maxsize=None)
-def completion_script_module() -> types.ModuleType:
-    """The engine's Triton-free completion_script.py, imported by path (it sits beside model.py, not in a package)."""
-    name = "scripted_engine_completion_script"
-    spec = importlib.util.spec_from_file_location(name, SCRIPTED_ENGINE_SOURCE / "1" / "completion_script.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module

@@ -1,7 +1,7 @@
 """Scripted `tensorrt_llm` engine: replays the completions of a JSON script token by token over the TRT-LLM contract.
 
 A decoupled async model: every request runs in its own asyncio task, so one instance serves many at once. The
-script rules live in completion_script.py; this file converts tensors, sleeps, streams and records what happened.
+script rules live in function_calling_agent.scripted_engine.script; this file converts tensors, sleeps, streams and records what happened.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
-from completion_script import ScriptError, ScriptFile, TurnPlan, schedule_tokens
+from function_calling_agent.scripted_engine.script import ScriptError, ScriptFile, TurnPlan, schedule_tokens
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # How often a hanging or sleeping request looks for a stop or a client cancel.

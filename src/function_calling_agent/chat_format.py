@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
+
+from tokenizers.decoders import DecodeStream
 
 # Hermes-2-Pro's tool-use format (NousResearch/Hermes-Function-Calling), written out so that it renders correctly:
 # tools listed in the system turn, calls as <tool_call> JSON, consecutive tool results grouped into one `tool` turn.
@@ -152,6 +154,13 @@ class ChatFormat:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def incremental_decoder(self) -> Callable[[int], Optional[str]]:
+        """A decoder for one generated stream: `step(id)` returns the new text, or None until a multi-byte
+        character is complete (decoding ids one at a time with `decode` would break such characters)."""
+        stream = DecodeStream(skip_special_tokens=False)
+        backend = self.tokenizer.backend_tokenizer
+        return lambda token: stream.step(backend, token)
 
     # ---- internals ------------------------------------------------------------------------------------------
     def _apply(self, messages, tools, add_generation_prompt) -> str:

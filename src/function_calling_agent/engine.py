@@ -1,4 +1,8 @@
-"""The one protocol the agent loop uses to talk to an engine that speaks token ids."""
+"""The one protocol the agent loop uses to talk to an engine that speaks token ids.
+
+The loop never sees tensors or Triton: an engine client (BLS today, see `adapter.bls_engine`; a scripted engine in
+tests) turns an `EngineRequest` into a stream of `EngineOutput`s.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ class SamplingParams:
 
 @dataclasses.dataclass(frozen=True)
 class EngineRequest:
+    """One engine turn: generate at most `max_tokens` ids after `prompt_ids`."""
+
     request_id: str
     prompt_ids: Sequence[int]
     max_tokens: int
@@ -38,23 +44,29 @@ class EngineRequest:
     bad_words: tuple[tuple[int, ...], ...] = ()
 
 
-@dataclasses.dataclass
-class EngineTurnStats:
-    """What the engine reports about one turn, when it can (e.g. prefix-cache reuse)."""
+@dataclasses.dataclass(frozen=True)
+class EngineOutput:
+    """One streamed response: the newly generated ids (never the prompt), and what the engine reports about reuse.
 
-    reused_prompt_tokens: int = 0
+    `reused_prompt_tokens` is the number of prompt tokens the engine did not have to prefill (prefix/KV-cache reuse),
+    when the engine reports it; None otherwise.
+    """
+
+    token_ids: tuple[int, ...]
+    reused_prompt_tokens: Optional[int] = None
 
 
 class EngineClient(Protocol):
     """An engine that streams generated token ids.
 
-    `generate` yields lists of newly generated ids (never the prompt) until the turn ends; it may or may not end with
-    the end token. `stop` asks the engine to end the generation with that request id early; the stream then ends.
+    `generate` yields `EngineOutput`s until the turn ends; the last ids may or may not be the end id. `stop` asks the
+    engine to end the generation with that request id early; the stream then ends. Both raise `EngineError` when the
+    engine fails.
     """
 
     supports_bad_words: bool
 
-    def generate(self, request: EngineRequest, stats: EngineTurnStats) -> AsyncIterator[list[int]]:
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         ...
 
     async def stop(self, request_id: str) -> None:

@@ -13,9 +13,9 @@ import dataclasses
 import inspect
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from .tools import ToolSpec, ToolStatus
+from .spec import ToolSpec, ToolStatus
 
 
 class ToolCapacityError(RuntimeError):
@@ -132,9 +132,6 @@ class ToolExecutor:
                     state["abandoned"] = True
                     self._abandoned += 1
             raise
-
-
-SerializeFn = Callable[[Any, int], Any]
 
 
 async def wait_with_timeout(awaitable, timeout: float):

@@ -26,16 +26,24 @@ class ToolResultError(Exception):
 
 
 def serialize_result(value: Any, max_chars: int) -> str:
-    """Compact JSON for `value`, at most `max_chars` characters.
+    """Compact JSON for `value`, at most `max_chars` characters: `cap_json(to_json_text(value), max_chars)`."""
+    return cap_json(to_json_text(value), max_chars)
+
+
+def to_json_text(value: Any) -> str:
+    """Compact JSON for `value`; raises `ToolResultError` for a value that has no JSON form.
 
     Handles JSON types, datetime/date/time/timedelta, Decimal, Enum, UUID, paths, sets, dataclasses, pydantic models,
     numpy scalars/arrays and pandas Timestamp/Series/DataFrame. NaN and infinities become null (JSON has neither).
-    A result longer than `max_chars` becomes a JSON string holding its beginning and a marker saying how many
-    characters were cut, so the output is always valid JSON.
     """
+    return json.dumps(to_jsonable(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def cap_json(text: str, max_chars: int) -> str:
+    """`text` (JSON) if it has at most `max_chars` characters; otherwise a JSON string holding its beginning and a
+    marker saying how many characters were cut, so the result is always valid JSON of at most `max_chars`."""
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < MIN_RESULT_CHARS:
         raise ValueError(f"max_chars must be an integer >= {MIN_RESULT_CHARS}, got {max_chars!r}")
-    text = json.dumps(to_jsonable(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     if len(text) <= max_chars:
         return text
     return _truncated(text, max_chars)

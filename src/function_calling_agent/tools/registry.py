@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import enum
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
 import json
 import re
+import sys
 import types
 import typing
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from .tools import ToolDefinitionError, ToolSpec
+from .spec import ToolDefinitionError, ToolSpec
 
 _SPEC_ATTRIBUTE = "__tool_spec__"
 _MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -160,14 +163,16 @@ def module_tools(module: types.ModuleType) -> list[ToolSpec]:
     return specs
 
 
-def load_tool_modules(module_names: Iterable[str]) -> ToolRegistry:
-    """Import the listed tool modules (dotted names, importable from sys.path) and collect their tools.
+def load_tool_modules(module_names: Iterable[str], search_path: Sequence[str] = ()) -> ToolRegistry:
+    """Import the listed tool modules (dotted names) and collect their tools.
 
-    Fails with `ToolDefinitionError` on a bad or missing module, a module exporting no tools, a tool whose schema cannot
-    be built, or the same tool name exported twice. An empty list gives an empty registry (a server without tools).
+    A module whose top-level package is not imported yet is looked up first in the `search_path` directories (the
+    `tool_path` parameter), then in the Python environment. Fails with `ToolDefinitionError` on a bad or missing
+    module, a module exporting no tools, a tool whose schema cannot be built, or the same tool name exported twice.
+    An empty list gives an empty registry (a server without tools).
     """
-    if isinstance(module_names, str):
-        raise TypeError("module_names must be a list of module names, not one string")
+    if isinstance(module_names, str) or isinstance(search_path, str):
+        raise TypeError("module_names and search_path must be lists, not one string")
     specs: list[ToolSpec] = []
     exported_by: dict[str, str] = {}
     loaded: set[str] = set()
@@ -175,13 +180,14 @@ def load_tool_modules(module_names: Iterable[str]) -> ToolRegistry:
         module_name = raw_name.strip() if isinstance(raw_name, str) else raw_name
         if not isinstance(module_name, str) or not _MODULE_NAME.match(module_name) or module_name.endswith(".py"):
             raise ToolDefinitionError(
-                f"tool module {raw_name!r} is not a dotted Python module name (like 'agent_tools.finance'): "
+                f"tool module {raw_name!r} is not a dotted Python module name (like 'my_tools' or "
+                "'function_calling_agent.tools.finance'): "
                 "list modules, not file paths"
             )
         if module_name in loaded:
             raise ToolDefinitionError(f"tool module {module_name!r} is listed twice")
         loaded.add(module_name)
-        found = module_tools(_import_tool_module(module_name))
+        found = module_tools(_import_tool_module(module_name, tuple(search_path)))
         if not found:
             raise ToolDefinitionError(
                 f"tool module {module_name!r} exports no tools: decorate its module-level functions with @tool"
@@ -197,21 +203,40 @@ def load_tool_modules(module_names: Iterable[str]) -> ToolRegistry:
     return ToolRegistry(specs)
 
 
-def _import_tool_module(module_name: str) -> types.ModuleType:
+def _import_tool_module(module_name: str, search_path: tuple[str, ...]) -> types.ModuleType:
     try:
+        _load_top_level_from(module_name.split(".")[0], search_path)
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         missing = exc.name or ""
         if module_name == missing or module_name.startswith(missing + "."):
+            where = f"in the tool_path {list(search_path)} nor " if search_path else ""
             raise ToolDefinitionError(
-                f"tool module {module_name!r} not found: put it in the model folder (next to model.py) or install it "
-                "into the model's Python environment"
+                f"tool module {module_name!r} not found {where}in the model's Python environment: put its folder in "
+                "the tool_path parameter (./serve.sh --tool-path DIR) or install it"
             ) from exc
         raise ToolDefinitionError(f"tool module {module_name!r} failed to import: {exc}") from exc
     except ToolDefinitionError as exc:
         raise ToolDefinitionError(f"tool module {module_name!r}: {exc}") from exc
     except Exception as exc:
         raise ToolDefinitionError(f"tool module {module_name!r} failed to import: {type(exc).__name__}: {exc}") from exc
+
+
+def _load_top_level_from(name: str, search_path: tuple[str, ...]) -> None:
+    """Imports the top-level module or package `name` from the `search_path` directories, if it is there and not
+    imported yet; its submodules then import through the package's own `__path__`. sys.path is left as it is."""
+    if not search_path or name in sys.modules:
+        return
+    spec = importlib.machinery.PathFinder.find_spec(name, list(search_path))
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
 
 
 class ToolRegistry(Mapping[str, ToolSpec]):

@@ -1,0 +1,287 @@
+"""The agent run: generate, parse tool calls, validate, execute, append results, until the model answers.
+
+Each step ends in a defined outcome. The finish reasons a client sees:
+  stop        the model answered (or a client stop word ended the answer)
+  length      a turn hit `max_tokens`, or the context budget ran out
+  incomplete  a limit (iterations, repair turns, deadline) was hit and the model still did not answer
+  cancelled / error are produced by the adapter when the run is cancelled or the engine fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
+
+import pydantic
+
+from .chat_format import FINAL_ANSWER_NOTE, ChatFormat
+from .engine import EngineClient, EngineRequest, SamplingParams
+from .limits import AgentLimits
+from .tool_call_parser import AnswerStream, ToolCallFormatError, parse_tool_call
+from .tools.execution import ToolExecutor, ToolOutcome
+from .tools.results import cap_json, to_json_text
+from .tools.spec import ToolSpec, ToolStatus
+from .transcript import CallRecord, RoundKind, RunResult, Transcript, error_payload
+from .turn import ENDED_DEADLINE, ENDED_LENGTH, EngineTurn, run_engine_turn
+
+__all__ = ["AgentLimits", "AgentRequest", "AgentRun", "ContextBudgetError", "RunResult"]
+
+
+class ContextBudgetError(ValueError):
+    """The first prompt plus `max_tokens` does not fit the context; the client must shorten one of them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentRequest:
+    request_id: str
+    messages: tuple[dict, ...]
+    max_tokens: int
+    sampling: SamplingParams = SamplingParams()
+    stop_words: tuple[str, ...] = ()
+    max_iterations: Optional[int] = None  # may only lower the server's limit
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedCall:
+    """A call read from a `<tool_call>` block and checked against the offered tools, ready to run (status OK) or not."""
+
+    call_id: str
+    name: str
+    arguments: Any
+    status: ToolStatus = ToolStatus.OK
+    error: Optional[str] = None
+    spec: Optional[ToolSpec] = None
+    kwargs: Optional[dict] = None
+
+    @property
+    def readable(self) -> bool:
+        """Its JSON could be read, so it appears in the history as a tool call (a malformed one cannot)."""
+        return self.status is not ToolStatus.MALFORMED
+
+
+@dataclasses.dataclass(frozen=True)
+class CallResult:
+    """A settled call: its final status, and the full JSON of its value (OK) or the error for the model."""
+
+    call: PreparedCall
+    status: ToolStatus
+    value_json: Optional[str] = None
+    error: Optional[str] = None
+    latency_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.call.name or "invalid_tool_call"
+
+    def payload(self, max_chars: int) -> str:
+        if self.status is ToolStatus.OK:
+            return cap_json(self.value_json, max_chars)
+        return error_payload((self.error or self.status.value)[:max_chars])
+
+    def record(self, turn: int) -> CallRecord:
+        return CallRecord(turn=turn, name=self.call.name, arguments=self.call.arguments, status=self.status.value,
+                          latency_ms=round(self.latency_s * 1000, 3), error=self.error)
+
+
+SerializeResult = Callable[[Any], str]
+
+
+class AgentRun:
+    """One client request, from the first prompt to the final answer."""
+
+    def __init__(
+        self,
+        *,
+        engine: EngineClient,
+        chat: ChatFormat,
+        tools: Mapping[str, ToolSpec],
+        executor: ToolExecutor,
+        limits: AgentLimits,
+        request: AgentRequest,
+        on_text: Optional[Callable[[str], Awaitable[None]]] = None,
+        serialize_result: SerializeResult = to_json_text,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.engine = engine
+        self.chat = chat
+        self.tools = dict(tools)
+        self.executor = executor
+        self.limits = limits
+        self.request = request
+        self._on_text = on_text
+        self._serialize = serialize_result
+        self._clock = clock
+        self.max_iterations = limits.max_iterations
+        if request.max_iterations is not None:
+            self.max_iterations = max(0, min(limits.max_iterations, request.max_iterations))
+        self.transcript = Transcript(request.messages)
+        self._answer = AnswerStream(request.stop_words)
+
+    @property
+    def calls(self) -> list[CallRecord]:
+        return self.transcript.calls
+
+    async def run(self) -> RunResult:
+        start = self._clock()
+        deadline = start + self.limits.request_timeout_s
+        reserve = min(self.limits.final_turn_reserve_s, self.limits.request_timeout_s / 4)
+        soft_deadline = deadline - reserve
+        prompt = self.chat.render_prompt(self.request.messages, [spec.openai_schema() for spec in self.tools.values()])
+        budget = self.limits.max_context_tokens
+        if len(prompt) + self.request.max_tokens > budget:
+            raise ContextBudgetError(
+                f"the prompt is {len(prompt)} tokens and max_tokens is {self.request.max_tokens}; together they "
+                f"exceed the context budget of {budget} tokens: shorten the input or lower max_tokens")
+
+        final_reason = ""  # set once a limit ends tool use: the next turn is the last, with tool calls banned
+        index = 0
+        while True:
+            answered_before = len(self._answer.text)
+            turn = await self._engine_turn(prompt, index, last=bool(final_reason), deadline=deadline)
+            self.transcript.add_turn(turn)
+
+            if self._answer.stopped_by is not None:
+                self.transcript.add_answer(self._answer.text[answered_before:])
+                return self._finish("stop", f"stop word {self._answer.stopped_by!r}")
+            await self._emit(self._answer.end_turn())
+            if turn.ended == ENDED_DEADLINE or not turn.calls:
+                self.transcript.add_answer(self._answer.text[answered_before:])
+                if turn.ended == ENDED_DEADLINE:
+                    return self._finish("incomplete", "the request deadline was reached while generating")
+                if turn.ended == ENDED_LENGTH:
+                    return self._finish("length", f"the answer reached max_tokens ({self.request.max_tokens})")
+                return self._finish("stop", final_reason)
+
+            prompt = prompt + list(turn.ids) + self.chat.close_assistant_turn(turn.ids)
+            prepared = [self._prepare(raw, f"call_{index}_{i}") for i, raw in enumerate(turn.calls)]
+            self.transcript.add_tool_calls(
+                turn.answer_text, [(c.call_id, c.name, c.arguments) for c in prepared if c.readable])
+            if final_reason:
+                results = [CallResult(c, ToolStatus.NOT_RUN, error=f"not run: {final_reason}") for c in prepared]
+                self._record_results(index, RoundKind.REFUSED, results, self.limits.max_tool_result_chars, None)
+                return self._finish("incomplete", f"{final_reason}; the model still called tools on its last turn")
+
+            kind, results, final_reason = await self._tool_round(prepared, soft_deadline)
+            note = FINAL_ANSWER_NOTE if final_reason else None
+            tool_ids, max_chars = self._fit_tool_turn(prompt, results, note)
+            self._record_results(index, kind, results, max_chars, note)
+            if tool_ids is None:
+                return self._finish("length", f"the tool results do not fit the context budget of {budget} tokens")
+            prompt = prompt + tool_ids
+            index += 1
+
+    # ------------------------------------------------------------------------------------------------------------
+    async def _engine_turn(self, prompt: list[int], index: int, *, last: bool, deadline: float) -> EngineTurn:
+        bad_words = self.chat.tool_call_words if last and self.engine.supports_bad_words else ()
+        request = EngineRequest(
+            request_id=f"{self.request.request_id}-{index}", prompt_ids=prompt, max_tokens=self.request.max_tokens,
+            sampling=self.request.sampling, end_id=self.chat.end_id, pad_id=self.chat.pad_id,
+            bad_words=tuple(bad_words))
+        return await run_engine_turn(self.engine, self.chat, request, index, self._answer, self._emit,
+                                     deadline=deadline, idle_timeout_s=self.limits.engine_idle_timeout_s,
+                                     clock=self._clock)
+
+    def _prepare(self, raw: str, call_id: str) -> PreparedCall:
+        try:
+            call = parse_tool_call(raw)
+        except ToolCallFormatError as exc:
+            return PreparedCall(call_id, name="", arguments=raw.strip()[:500], status=ToolStatus.MALFORMED,
+                                error=f"invalid tool call: {exc}")
+        spec = self.tools.get(call.name)
+        if spec is None:
+            names = ", ".join(sorted(self.tools)) or "(none)"
+            return PreparedCall(call_id, call.name, call.arguments, ToolStatus.UNKNOWN_TOOL,
+                                error=f"unknown tool {call.name!r}; the available tools are: {names}")
+        try:
+            kwargs = spec.validate_arguments(call.arguments)
+        except pydantic.ValidationError as exc:
+            return PreparedCall(call_id, call.name, call.arguments, ToolStatus.INVALID_ARGS,
+                                error=_describe_validation(call.name, exc), spec=spec)
+        return PreparedCall(call_id, call.name, call.arguments, spec=spec, kwargs=kwargs)
+
+    async def _tool_round(self, prepared: Sequence[PreparedCall], soft_deadline: float):
+        """Runs the valid calls of one turn concurrently.
+
+        Returns the round's kind, one settled result per call (in call order), and why tool use ends ("" if it goes on).
+        """
+        runnable = [c for c in prepared if c.status is ToolStatus.OK]
+        final_reason = ""
+        outcomes: dict[str, ToolOutcome] = {}
+        if not runnable:
+            kind = RoundKind.REPAIR
+            repairs = self.transcript.repairs_in_a_row + 1
+            if repairs > self.limits.max_repair_turns:
+                final_reason = f"the model made invalid tool calls {repairs} turns in a row"
+        elif self.transcript.iterations >= self.max_iterations:
+            kind, final_reason = RoundKind.REFUSED, f"the tool-call limit of {self.max_iterations} rounds was reached"
+        elif self._clock() >= soft_deadline:
+            kind, final_reason = RoundKind.REFUSED, "the request deadline left no time for more tool calls"
+        else:
+            kind = RoundKind.TOOLS
+            jobs = {}
+            for call in runnable:
+                timeout = min(call.spec.timeout_s or self.limits.tool_timeout_s, soft_deadline - self._clock())
+                jobs[call.call_id] = self.executor.run(call.spec, call.kwargs, timeout)
+            outcomes = dict(zip(jobs, await asyncio.gather(*jobs.values())))
+            if self._clock() >= soft_deadline:
+                final_reason = "the request deadline left no time for more tool calls"
+        return kind, [self._settle(call, outcomes.get(call.call_id), final_reason) for call in prepared], final_reason
+
+    def _settle(self, call: PreparedCall, outcome: Optional[ToolOutcome], final_reason: str) -> CallResult:
+        if call.status is not ToolStatus.OK:
+            return CallResult(call, call.status, error=call.error)
+        if outcome is None:
+            return CallResult(call, ToolStatus.NOT_RUN, error=f"not run: {final_reason}")
+        if outcome.status is not ToolStatus.OK:
+            return CallResult(call, outcome.status, error=outcome.error, latency_s=outcome.latency_s)
+        try:
+            value_json = self._serialize(outcome.value)
+        except Exception as exc:  # the tool returned something with no JSON form (ToolResultError, or a bug in it)
+            return CallResult(call, ToolStatus.ERROR, error=f"the tool returned a value that is not JSON: {exc}",
+                              latency_s=outcome.latency_s)
+        return CallResult(call, ToolStatus.OK, value_json=value_json, latency_s=outcome.latency_s)
+
+    def _fit_tool_turn(self, prompt: Sequence[int], results: Sequence[CallResult], note: Optional[str]):
+        """The tool turn's ids and the result cap used: results are shortened until prompt + turn + max_tokens fits.
+
+        The ids are None when even the shortest results do not fit.
+        """
+        room = self.limits.max_context_tokens - len(prompt) - self.request.max_tokens
+        max_chars = self.limits.max_tool_result_chars
+        while True:
+            ids = self.chat.tool_turn(self._contents(results, max_chars), note=note)
+            if len(ids) <= room:
+                return ids, max_chars
+            if max_chars <= 64:
+                return None, max_chars
+            max_chars //= 2
+
+    def _contents(self, results: Sequence[CallResult], max_chars: int) -> list[tuple[str, str]]:
+        return [(r.name, self.chat.tool_response_content(r.name, r.payload(max_chars))) for r in results]
+
+    def _record_results(self, turn: int, kind: RoundKind, results: Sequence[CallResult], max_chars: int,
+                        note: Optional[str]) -> None:
+        contents = self._contents(results, max_chars)
+        self.transcript.add_tool_results(
+            [(r.call.call_id, r.call.name, content) for r, (_, content) in zip(results, contents) if r.call.readable],
+            note)
+        self.transcript.add_round(turn, kind, [r.record(turn) for r in results])
+
+    async def _emit(self, delta: str) -> None:
+        if delta and self._on_text is not None:
+            await self._on_text(delta)
+
+    def _finish(self, reason: str, detail: str) -> RunResult:
+        t = self.transcript
+        return RunResult(text=self._answer.text, finish_reason=reason, detail=detail, usage=t.usage(),
+                         calls=tuple(t.calls), messages=tuple(t.messages), turns=tuple(t.turns))
+
+
+def _describe_validation(name: str, exc: pydantic.ValidationError) -> str:
+    problems = []
+    for err in exc.errors()[:8]:
+        field = ".".join(str(p) for p in err.get("loc", ())) or "(arguments)"
+        problems.append(f"{field}: {err.get('msg')}")
+    return f"invalid arguments for {name!r}: " + "; ".join(problems)
