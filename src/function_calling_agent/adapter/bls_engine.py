@@ -149,6 +149,8 @@ class BlsEngineClient:
             tensors.append(self._tensor(engine_name, [[value]], dtypes.get(client_name, np.float32)))
         if request.bad_words and self.supports_bad_words:
             tensors.append(self._pb.Tensor("bad_words_list", words_tensor(request.bad_words)))
+        if request.stop_words and "stop_words_list" in self.declared:
+            tensors.append(self._pb.Tensor("stop_words_list", words_tensor(request.stop_words)))
         return tensors
 
     async def generate(self, request: EngineRequest):

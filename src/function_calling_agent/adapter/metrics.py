@@ -18,6 +18,9 @@ class AgentMetrics:
         self._tool_latency = family("fca_tool_latency_seconds", "Tool call latency", family.HISTOGRAM)
         self._ttft = family("fca_time_to_first_token_seconds", "Time to the first final-answer token",
                             family.HISTOGRAM)
+        self._empty_family = family("fca_empty_answers_total",
+                                    "Requests whose model answered nothing after tool results", family.COUNTER)
+        self._empty = self._empty_family.Metric(self._model)
         # Families must outlive their metrics, so both are kept.
         self._active_family = family("fca_active_requests", "Requests in progress", family.GAUGE)
         self._active = self._active_family.Metric(self._model)
@@ -43,10 +46,12 @@ class AgentMetrics:
     def request_started(self) -> None:
         self._active.increment(1)
 
-    def request_finished(self, outcome: str, iterations: int | None, calls=()) -> None:
+    def request_finished(self, outcome: str, iterations: int | None, calls=(), empty_answer: bool = False) -> None:
         """Counts a finished request. The active gauge drops last, so a reader that sees no request in progress also
         sees every finished request counted."""
         self._counter(self._requests, outcome=outcome).increment(1)
+        if empty_answer:
+            self._empty.increment(1)
         if iterations is not None:
             self._iterations_metric.observe(iterations)
         for call in calls:
