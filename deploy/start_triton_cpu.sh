@@ -19,6 +19,7 @@ repository="${MODEL_REPOSITORY_DIR:-/tmp/model_repository}"
 
 configure_args=(--profile cpu --output "$repository" --force)
 [[ -n "${CONFIGURE_VALUES:-}" ]] && configure_args+=(--values "$CONFIGURE_VALUES")
+[[ -n "${MCP_SERVERS_FILE:-}" ]] && configure_args+=(--set "mcp_servers=$MCP_SERVERS_FILE")
 python -m deploy.configure_repository "${configure_args[@]}" \
     --set "tokenizer_dir=$checkpoint_dir" \
     --set "model_dir=$checkpoint_dir"

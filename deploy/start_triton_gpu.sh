@@ -28,6 +28,7 @@ configure_args=(
     --output "$repository" --force
 )
 [[ -n "${CONFIGURE_VALUES:-}" ]] && configure_args+=(--values "$CONFIGURE_VALUES")
+[[ -n "${MCP_SERVERS_FILE:-}" ]] && configure_args+=(--set "mcp_servers=$MCP_SERVERS_FILE")
 python3 -m deploy.configure_repository "${configure_args[@]}" \
     --set "tokenizer_dir=$CHECKPOINT_DIR" \
     --set "engine_dir=$ENGINE_DIR" \
