@@ -127,7 +127,7 @@ def picture() -> Image:
 @server.tool()
 def whoami(ctx: Context) -> dict:
     """The Authorization header this request carried (HTTP only)."""
-    headers = ctx.request_context.headers or {}
+    headers = ctx.headers or {}
     return {"authorization": headers.get("authorization")}
 
 

@@ -238,6 +238,9 @@ def load_mcp_servers(path: str | os.PathLike, environ: Optional[dict] = None) ->
     except OSError as exc:
         raise McpConfigError(f"{where}: cannot read it: {exc.strerror or exc}") from None
     data = _parse_document(text, path, where)
+    if not isinstance(data, dict):
+        raise McpConfigError(f"{where}: the document must be a mapping with a 'servers' list, got "
+                             f"{type(data).__name__ if data is not None else 'an empty document'}")
     try:
         document = McpServersFile.model_validate(data)
     except pydantic.ValidationError as exc:

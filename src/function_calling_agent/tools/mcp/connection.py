@@ -140,7 +140,10 @@ class ServerConnection:
             if not self.first_outcome.done():
                 self.first_outcome.set_result(None)
             ready.set_result(True)
-            await self._watch(client)
+            try:
+                await self._watch(client)
+            finally:
+                self._client = None  # new calls wait for the next session instead of using this one
 
     def _transport(self):
         entry = self.config.entry
@@ -153,7 +156,10 @@ class ServerConnection:
         return _http_transport(entry.url, dict(self.config.headers))
 
     async def _watch(self, client) -> None:
-        """Returns when the session is lost; probes an idle connection every `health_check_seconds`."""
+        """Returns when the session is lost; probes an idle connection every `health_check_seconds`.
+
+        The probe lists tools: every server answers tools/list, whereas ping is gone from the 2026-07-28 protocol.
+        """
         from mcp.shared.exceptions import MCPError
         from mcp.types import CONNECTION_CLOSED
 
@@ -166,12 +172,12 @@ class ServerConnection:
             except asyncio.TimeoutError:
                 pass
             try:
-                await asyncio.wait_for(client.send_ping(), PROBE_TIMEOUT_S)
+                await asyncio.wait_for(client.list_tools(), PROBE_TIMEOUT_S)
             except MCPError as exc:
-                # Any JSON-RPC answer proves the server alive (2026-07-28 servers answer ping "method not found").
                 if exc.code == CONNECTION_CLOSED:
                     self._lost_reason = "the connection closed"
                     return
+                # Any other JSON-RPC answer still proves the server alive.
             except asyncio.TimeoutError:
                 self._lost_reason = f"no answer to a liveness probe within {PROBE_TIMEOUT_S:g} s"
                 return
@@ -206,7 +212,9 @@ class ServerConnection:
             return await client.call_tool(tool, arguments)
         except MCPError as exc:
             if exc.code == CONNECTION_CLOSED:
-                self._lost_reason = f"the connection closed during a call of {tool!r}"
+                if self._client is client:
+                    self._client = None  # later calls wait for the reconnect
+                    self._lost_reason = f"the connection closed during a call of {tool!r}"
                 lost.set()
                 raise ToolError(f"the MCP server {self.label!r} closed the connection during the call, so its result "
                                 "is unknown (the call may or may not have taken effect); it is being reconnected"
