@@ -6,6 +6,7 @@
 # Environment: HF_MODEL (default Qwen/Qwen2.5-1.5B-Instruct, as ./serve.sh), HF_REVISION (main), CHECKPOINT_DIR
 # (/checkpoints/<model name>), MODEL_REPOSITORY_DIR (/tmp/model_repository), CONFIGURE_VALUES (optional values
 # file), HTTP_PORT/GRPC_PORT/METRICS_PORT (8000/8001/8002). HF_TOKEN is honoured for gated models.
+# MCP_SERVERS_FILE (optional): the agent's mcp_servers file (docs/mcp.md).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

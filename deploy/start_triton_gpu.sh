@@ -5,7 +5,8 @@
 # Environment: CHECKPOINT_DIR (tokenizer), ENGINE_DIR (from the engine-build service) are required;
 # TP_SIZE (default 1), MAX_BATCH_SIZE (64), MAX_SEQ_LEN (8192), TRTLLM_SOURCES_DIR (/trtllm-sources),
 # MODEL_REPOSITORY_DIR (/tmp/model_repository), CONFIGURE_VALUES (an optional values file for configure_repository),
-# HTTP_PORT/GRPC_PORT/METRICS_PORT (8000/8001/8002).
+# HTTP_PORT/GRPC_PORT/METRICS_PORT (8000/8001/8002), MCP_SERVERS_FILE (optional: the agent's mcp_servers file,
+# docs/mcp.md).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

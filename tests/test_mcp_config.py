@@ -155,3 +155,20 @@ def test_the_mcp_servers_parameter_is_optional_and_must_name_a_file(tmp_path):
     assert parse_parameters({**base, "mcp_servers": str(path)}).mcp_servers == str(path)
     with pytest.raises(ConfigError, match="parameter 'mcp_servers': .* is not a file"):
         parse_parameters({**base, "mcp_servers": str(tmp_path / "nope.yaml")})
+
+
+def test_the_configure_step_fills_mcp_servers_empty_by_default_and_as_set(tmp_path):
+    """The start scripts pass MCP_SERVERS_FILE as `--set mcp_servers=...`; without it the parameter is empty."""
+    from deploy.configure_repository import main
+    from function_calling_agent.model_config import read_model_config
+
+    def filled(*extra: str) -> dict:
+        output = tmp_path / f"repo{len(extra)}"
+        assert main(["--profile", "cpu", "--output", str(output), "--set", f"tokenizer_dir={tmp_path}",
+                     "--set", f"model_dir={tmp_path}", *extra]) == 0
+        config = read_model_config(output / "function_calling_agent" / "config.pbtxt")
+        return {k: v.string_value for k, v in config.parameters.items()}
+
+    assert parse_parameters(filled(), check_paths=False).mcp_servers is None
+    path = write(tmp_path, GOOD_YAML)
+    assert parse_parameters(filled("--set", f"mcp_servers={path}")).mcp_servers == str(path)
