@@ -126,6 +126,8 @@ class McpToolbox:
             self._log.log_warn(f"MCP sessions did not all close within {timeout:g} s: {exc!r}")
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     # -- what requests see --------------------------------------------------------------------------------------
     def registry(self) -> ToolRegistry:
