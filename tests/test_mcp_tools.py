@@ -397,3 +397,58 @@ def test_an_optional_server_is_offered_once_it_comes_up(tmp_path, toolboxes):
         assert run_tool(toolbox.registry()["timed_echo"], {"text": "hi"}).value["server"] == "late"
     finally:
         http.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Specs and results, without a server
+# ---------------------------------------------------------------------------------------------------------------
+def test_result_content_kinds_become_tool_results():
+    import mcp_types as types
+
+    from function_calling_agent.tools import ToolError
+    from function_calling_agent.tools.mcp import tool_result_value
+
+    def result(*content, **fields):
+        return types.CallToolResult(content=list(content), **fields)
+
+    text = types.TextContent(type="text", text="plain words")
+    assert tool_result_value(result(text), label="s", tool="t") == "plain words"
+    as_json = types.TextContent(type="text", text='{\n  "a": [1, 2]\n}')
+    assert tool_result_value(result(as_json), label="s", tool="t") == {"a": [1, 2]}
+    assert tool_result_value(result(as_json, structured_content={"b": 1}), label="s", tool="t") == {"b": 1}
+    link = types.ResourceLink(type="resource_link", name="report", uri="file:///r.pdf")
+    blob = types.EmbeddedResource(type="resource", resource=types.BlobResourceContents(
+        uri="file:///x.bin", mime_type="application/octet-stream", blob="AAAA"))
+    doc = types.EmbeddedResource(type="resource", resource=types.TextResourceContents(uri="file:///a.txt",
+                                                                                     text="hello"))
+    assert tool_result_value(result(text, link, blob, doc), label="s", tool="t") == [
+        "plain words", "[resource link: report <file:///r.pdf>]",
+        "[resource: file:///x.bin, application/octet-stream, 3 bytes]", {"resource": "file:///a.txt", "text": "hello"}]
+    assert tool_result_value(result(), label="s", tool="t") == ""
+    with pytest.raises(ToolError, match="the MCP server 's' reported an error from 't': no such file"):
+        tool_result_value(result(types.TextContent(type="text", text="no such file"), is_error=True),
+                          label="s", tool="t")
+
+
+def test_tool_schemas_are_checked_when_offered():
+    from function_calling_agent.tools import ToolDefinitionError
+    from function_calling_agent.tools.mcp import McpToolSpec
+
+    def spec(parameters, name="t"):
+        return McpToolSpec(name, "A tool.", parameters, lambda **kw: kw, server="s", remote_name=name)
+
+    with pytest.raises(ToolDefinitionError, match="its inputSchema is not a valid JSON Schema"):
+        spec({"type": "object", "properties": {"a": {"type": "no-such-type"}}})
+    with pytest.raises(ToolDefinitionError, match="offered tool names must be letters"):
+        spec({"type": "object"}, name="files.read")
+    with pytest.raises(ToolDefinitionError, match="must be an object schema"):
+        spec({"type": "array"})
+    dangling = spec({"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}})
+    with pytest.raises(pydantic.ValidationError, match="cannot be resolved"):
+        dangling.validate_arguments({"a": 1})
+    # A draft-07 schema (as TypeScript servers send) is validated as draft-07.
+    draft7 = spec({"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
+                   "properties": {"n": {"type": "number", "exclusiveMinimum": 0}}, "additionalProperties": False})
+    assert draft7.validate_arguments({"n": 2}) == {"n": 2}
+    with pytest.raises(pydantic.ValidationError, match="n\n  0 is less than or equal to the minimum of 0"):
+        draft7.validate_arguments({"n": 0})

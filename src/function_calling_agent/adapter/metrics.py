@@ -15,7 +15,8 @@ class AgentMetrics:
                                 family.COUNTER)
         self._iterations = family("fca_iterations_per_request", "Tool-call rounds per finished request",
                                   family.HISTOGRAM)
-        self._tool_calls = family("fca_tool_calls_total", "Tool calls by tool and outcome (and server, for MCP tools)", family.COUNTER)
+        self._tool_calls = family("fca_tool_calls_total", "Tool calls by tool and outcome (and server, for MCP tools)",
+                                  family.COUNTER)
         self._tool_latency = family("fca_tool_latency_seconds", "Tool call latency", family.HISTOGRAM)
         self._ttft = family("fca_time_to_first_token_seconds", "Time to the first final-answer token",
                             family.HISTOGRAM)

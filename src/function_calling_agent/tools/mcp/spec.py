@@ -58,14 +58,15 @@ class McpToolSpec(ToolSpec):
                 if len(problems) >= _MAX_ERRORS:
                     break
         except referencing.exceptions.Unresolvable as exc:
-            problems.append(((), f"the tool's input schema cannot be resolved ({exc}); this tool cannot be called", None))
+            problems.append(((), f"the tool's input schema cannot be resolved ({exc}); this tool cannot be called",
+                             None))
         declared = self.parameters.get("properties")
         if (isinstance(declared, dict) and "additionalProperties" not in self.parameters
                 and "patternProperties" not in self.parameters):
             for name in arguments:
                 if name not in declared:
-                    problems.append(((name,), f"unknown argument; {self.name!r} takes: {', '.join(declared) or '(none)'}",
-                                     arguments[name]))
+                    takes = ", ".join(declared) or "(none)"
+                    problems.append(((name,), f"unknown argument; {self.name!r} takes: {takes}", arguments[name]))
         if problems:
             raise _validation_error(self.name, problems)
         return dict(arguments)
