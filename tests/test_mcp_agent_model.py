@@ -182,6 +182,13 @@ def test_a_server_killed_mid_call_ends_the_request_once_and_the_next_request_rec
     assert value(samples, "fca_mcp_server_events_total", server="local", event="lost") >= 1
     assert value(samples, "fca_mcp_server_events_total", server="local", event="connected") >= 2
     assert value(samples, "fca_mcp_server_up", server="local") == 1
+    with TRANSCRIPT.open("a", encoding="utf-8") as f:
+        f.write(f"\nkill mid-call: stdio server pid {first_pid} killed while local_timed_echo ran\n"
+                f"  responses={outcome.responses} finals={outcome.finals} error={outcome.error} "
+                f"finish_reason={outcome.finish_reason} elapsed={outcome.elapsed:.2f} s\n"
+                f"  answer: {outcome.text}\n"
+                f"  next request: {record['status']} from pid {result['content']['pid']} "
+                f"in {again.elapsed:.2f} s\n")
 
 
 def test_a_cancelled_request_cancels_its_mcp_call_on_the_server(agent):
