@@ -84,7 +84,8 @@ class CallResult:
 
     def record(self, turn: int) -> CallRecord:
         return CallRecord(turn=turn, name=self.call.name, arguments=self.call.arguments, status=self.status.value,
-                          latency_ms=round(self.latency_s * 1000, 3), error=self.error)
+                          latency_ms=round(self.latency_s * 1000, 3), error=self.error,
+                          server=self.call.spec.server if self.call.spec is not None else None)
 
 
 SerializeResult = Callable[[Any], str]

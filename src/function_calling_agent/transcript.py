@@ -24,6 +24,7 @@ class CallRecord:
     status: str
     latency_ms: float = 0.0
     error: Optional[str] = None
+    server: Optional[str] = None  # the MCP server's label; None for module tools
 
 
 class RoundKind(str, enum.Enum):

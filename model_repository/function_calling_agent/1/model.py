@@ -61,14 +61,34 @@ class TritonPythonModel:
                                       stop_timeout_s=self.config.engine_stop_timeout_seconds,
                                       read_threads=self.config.bls_threads, logger=self.logger)
         self.metrics = AgentMetrics(pb_utils, self.name)
+        self.mcp = self._start_mcp() if self.config.mcp_servers else None
         self._executor_set = False
         reasoning = self.chat.reasoning
         self.logger.log_info(
             f"function_calling_agent ready: engine={self.config.tensorrt_llm_model_name} "
-            f"tools={list(self.tools.names())} template={self.chat.template_info} "
+            f"tools={list(self._offered_tools().names())} template={self.chat.template_info} "
             f"reasoning=(think_tokens={reasoning.has_think_tokens} opens_in_prompt={reasoning.starts_in_reasoning(None)} "
             f"enable_thinking_switch={reasoning.switch}) end_ids={sorted(self.chat.stop_ids)} "
             f"limits={self.config.limits}")
+
+    def _start_mcp(self):
+        """Connects to the MCP servers of the `mcp_servers` file (docs/mcp.md); a required one that is down, a bad
+        entry or a name clash fails loading."""
+        from function_calling_agent.tools.mcp import McpConfigError, McpLoadError, McpToolbox, load_mcp_servers
+
+        try:
+            servers = load_mcp_servers(self.config.mcp_servers)
+            self.metrics.mcp_servers([server.label for server in servers])
+            toolbox = McpToolbox(servers, module_tools=self.tools, logger=self.logger,
+                                 on_server_state=self.metrics.mcp_server_state)
+            toolbox.start()
+        except (McpConfigError, McpLoadError) as exc:
+            raise pb_utils.TritonModelException(f"function_calling_agent mcp_servers: {exc}") from None
+        return toolbox
+
+    def _offered_tools(self):
+        """Module tools, plus the MCP tools of the servers that are up (an optional server's appear once it is)."""
+        return self.mcp.registry() if self.mcp is not None else self.tools
 
     def _engine_tensors(self, args):
         """The engine's declared inputs/outputs: from the `engine_inputs` parameter, else its config.pbtxt."""
@@ -123,7 +143,8 @@ class TritonPythonModel:
             if client.enable_thinking is not None and not self.chat.reasoning.switch:
                 raise InvalidRequest("enable_thinking: this model's chat template has no thinking switch "
                                      f"({self.chat.template_info.source}); remove enable_thinking")
-            tools = self.tools.narrow(client.tools) if client.tools is not None else self.tools
+            offered = self._offered_tools()
+            tools = offered.narrow(client.tools) if client.tools is not None else offered
             run_id = f"fca-{uuid.uuid4().hex[:20]}"
             started = time.monotonic()
             first_token = [None]
@@ -208,10 +229,13 @@ class TritonPythonModel:
         for call in result.calls:
             arguments = json.dumps(call.arguments)[:2000] if self.config.log_tool_payloads else "<redacted>"
             self.logger.log_verbose(
-                f"{run_id} ({request.request_id()}): tool {call.name} {call.status} {call.latency_ms:.1f} ms "
+                f"{run_id} ({request.request_id()}): tool {call.name}{f' (MCP {call.server})' if call.server else ''} "
+                f"{call.status} {call.latency_ms:.1f} ms "
                 f"arguments={arguments}")
 
     def finalize(self):
+        if self.mcp is not None:
+            self.mcp.close()
         self.logger.log_info("function_calling_agent finalized")
 
 

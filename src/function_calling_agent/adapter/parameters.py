@@ -42,6 +42,8 @@ class AgentConfig:
     bls_threads: int = 128
     log_tool_payloads: bool = False
     max_input_chars: int = 200_000
+    # A YAML/JSON file of MCP servers whose allowed tools are offered too (docs/mcp.md); None: no MCP servers.
+    mcp_servers: Optional[str] = None
 
 
 _REQUIRED = object()
@@ -54,7 +56,7 @@ _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 class Parameter:
     """One config.pbtxt parameter: how to read it and where it goes (`limits.<field>` or an AgentConfig field)."""
 
-    kind: str  # int | float | bool | text | names | modules | paths | model | template
+    kind: str  # int | float | bool | text | names | modules | paths | model | template | file
     target: str
     default: Any = _REQUIRED
     low: float = 0
@@ -95,6 +97,7 @@ PARAMETERS: Mapping[str, Parameter] = {
     "bls_threads": _config("int", "bls_threads", 1, 4096),
     "log_tool_payloads": _config("bool", "log_tool_payloads"),
     "max_input_chars": _config("int", "max_input_chars", 1),
+    "mcp_servers": _config("file", "mcp_servers"),
 }
 
 
@@ -134,6 +137,8 @@ def _parse(name: str, spec: Parameter, text: str) -> Any:
             raise ConfigError(f"parameter {name!r} must be empty (the tokenizer's template), 'builtin' or a path to a "
                               f".jinja file, got {text!r}")
         return text
+    if spec.kind == "file":
+        return text or None  # empty: not set
     if spec.kind == "paths":
         return tuple(part.strip() for part in text.split(":") if part.strip())
     if spec.kind == "model":
@@ -177,6 +182,8 @@ def parse_parameters(parameters: Mapping[str, str], check_paths: bool = True) ->
         template = fields["chat_template"]
         if template.endswith(".jinja") and not os.path.isfile(template):
             raise ConfigError(f"parameter 'chat_template': {template!r} is not a file")
+        if fields["mcp_servers"] is not None and not os.path.isfile(fields["mcp_servers"]):
+            raise ConfigError(f"parameter 'mcp_servers': {fields['mcp_servers']!r} is not a file")
     if isinstance(fields["tool_modules"], str):
         fields["tool_modules"] = _parse("tool_modules", PARAMETERS["tool_modules"], fields["tool_modules"])
     return AgentConfig(limits=AgentLimits(**limits), **fields)
