@@ -192,7 +192,7 @@ def test_tool_choice_required_constrains_the_first_turn_only(runner):
     assert first.guided.guide_type == "json_schema" and second.guided is None
     schema = json.loads(first.guided.guide)
     assert [b["properties"]["name"]["const"] for b in schema["anyOf"]] == ["get_price", "show_on_screen"]
-    assert schema["anyOf"][0]["properties"]["arguments"] == SYMBOL
+    assert schema["anyOf"][0]["properties"]["arguments"] == {**SYMBOL, "additionalProperties": False}
     # the agent wrote the call tag as the template's markup: the prompt ends with the <tool_call> token
     forced = runner.chat.call_prefix(False)
     assert tuple(first.prompt_ids[-len(forced):]) == forced

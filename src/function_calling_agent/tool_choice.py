@@ -90,10 +90,17 @@ class ToolChoice:
 
 
 def call_object_schema(spec: ToolSpec) -> dict:
-    """`{"name": <spec.name>, "arguments": <its parameters>}`, name first (grammars keep property order)."""
+    """`{"name": <spec.name>, "arguments": <its parameters>}`, name first (grammars keep property order).
+
+    Arguments a schema with `properties` does not declare, and says nothing about, are left out of the guide: the
+    agent refuses them anyway (module and MCP tools), so a guided call never spends tokens on them."""
+    arguments = standard_schema(spec.parameters)
+    if isinstance(arguments.get("properties"), dict) and "additionalProperties" not in arguments \
+            and "patternProperties" not in arguments:
+        arguments = {**arguments, "additionalProperties": False}
     return {
         "type": "object",
-        "properties": {"name": {"const": spec.name}, "arguments": standard_schema(spec.parameters)},
+        "properties": {"name": {"const": spec.name}, "arguments": arguments},
         "required": ["name", "arguments"],
         "additionalProperties": False,
     }
