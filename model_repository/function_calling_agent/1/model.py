@@ -18,7 +18,10 @@ from transformers import AutoTokenizer
 from function_calling_agent.adapter.bls_engine import BlsEngineClient
 from function_calling_agent.adapter.contract import (
     CLIENT_INPUTS,
+    ENGINE_UNAVAILABLE,
     GUIDED_DECODING_INPUTS,
+    INTERNAL_ERROR,
+    REQUEST_CANCELLED,
     InvalidRequest,
     check_declared,
     decode_request,
@@ -191,7 +194,7 @@ class TritonPythonModel:
             result = await self._run_until_cancelled(run, request)
             if result is None:
                 outcome, calls = "cancelled", run.calls
-                send_error("request cancelled by the client", pb_utils.TritonError.CANCELLED)
+                send_error(REQUEST_CANCELLED, pb_utils.TritonError.CANCELLED)
                 return
             outcome, iterations, calls = result.finish_reason, result.usage["iterations"], result.calls
             empty = result.empty_answer
@@ -214,11 +217,11 @@ class TritonPythonModel:
             send_error(str(exc), pb_utils.TritonError.INVALID_ARG)
         except EngineError as exc:
             self.logger.log_error(f"engine failure: {exc}")
-            send_error(f"the engine is unavailable: {exc}", pb_utils.TritonError.UNAVAILABLE)
+            send_error(f"{ENGINE_UNAVAILABLE}: {exc}", pb_utils.TritonError.UNAVAILABLE)
         except Exception as exc:  # a bug: the client still gets its one FINAL response
             self.logger.log_error(f"function_calling_agent internal error: {type(exc).__name__}: {exc}")
             if not final_sent:
-                send_error(f"internal error: {type(exc).__name__}", pb_utils.TritonError.INTERNAL)
+                send_error(f"{INTERNAL_ERROR}: {type(exc).__name__}", pb_utils.TritonError.INTERNAL)
         finally:
             if not final_sent:
                 try:

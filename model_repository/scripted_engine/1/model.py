@@ -275,6 +275,8 @@ class TritonPythonModel:
             plan = self.script.get().plan(prompt)
             # The prompt's end shows the generation prompt the engine was given (e.g. an opened think block).
             entry.update(turn=plan.turn, scenario=plan.scenario, prompt_tail=prompt[-80:])
+            if plan.record_prompt_ids:
+                entry["input_ids"] = req.input_ids
             self.record({"event": "start", **entry})
             end, sent = await self.generate(request, req, plan, generation, responder)
         except ScriptError as e:

@@ -89,6 +89,23 @@ CLIENT_OUTPUTS: Mapping[str, str] = {
 }
 
 
+# How the agent's error messages start, by kind. Triton's gRPC stream and HTTP generate endpoint carry a model's
+# error message without its code, so clients (the OpenAI gateway) tell the kinds apart by these prefixes; every other
+# error message is the client's to fix (INVALID_ARG).
+ENGINE_UNAVAILABLE = "the engine is unavailable"
+REQUEST_CANCELLED = "request cancelled by the client"
+INTERNAL_ERROR = "internal error"
+
+
+def error_kind(message: str) -> str:
+    """`unavailable`, `cancelled`, `internal` or `invalid` for an error message of function_calling_agent."""
+    for prefix, kind in ((ENGINE_UNAVAILABLE, "unavailable"), (REQUEST_CANCELLED, "cancelled"),
+                         (INTERNAL_ERROR, "internal")):
+        if message.startswith(prefix):
+            return kind
+    return "invalid"
+
+
 def check_declared(model_config: Mapping[str, Any]) -> None:
     """Raises ValueError when a model config (Triton's JSON form) does not declare exactly the contract's tensors."""
     declared = {t["name"]: t.get("data_type") for t in model_config.get("input", [])}

@@ -21,6 +21,7 @@ Script format (JSON):
   `guided_decoding_guide`, as TensorRT-LLM takes them); the engine checks it against the guide and fails the request
   when it does not conform, so tests see that a constraint reached the engine and was honoured. Without `guided`, a
   guided turn says its normal text, checked the same way.
+- `record_prompt_ids`: the request log's start entries of this scenario carry the prompt's token ids.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Scenario:
     fail_after_tokens: Optional[int] = None
     hang_at_turn: Optional[int] = None
     guided: Optional[str] = None
+    record_prompt_ids: bool = False
 
     def turn_text(self, turn: int) -> str:
         return self.turns[min(turn, len(self.turns) - 1)]
@@ -79,6 +81,7 @@ class TurnPlan:
     fail_after_tokens: Optional[int]  # None: no failure
     hang: bool
     guided_text: Optional[str] = None  # what to say instead when the request carries a guide
+    record_prompt_ids: bool = False
 
 
 _SCENARIO_FIELDS = {f.name for f in dataclasses.fields(Scenario)}
@@ -122,6 +125,7 @@ def _scenario(raw: Any, index: int) -> Scenario:
         fail_after_tokens=raw.get("fail_after_tokens"),
         hang_at_turn=raw.get("hang_at_turn"),
         guided=raw.get("guided"),
+        record_prompt_ids=bool(raw.get("record_prompt_ids", False)),
     )
 
 
@@ -199,6 +203,7 @@ class CompletionScript:
             fail_after_tokens=scenario.fails_after(turn),
             hang=scenario.hang_at_turn == turn,
             guided_text=scenario.guided,
+            record_prompt_ids=scenario.record_prompt_ids,
         )
 
 
