@@ -119,4 +119,4 @@ def test_the_serve_command_line_and_examples():
     assert command == ["python3", "-m", "function_calling_agent.gateway", "--host", "0.0.0.0", "--port", "9000",
                        "--triton-url", "localhost:8001", "--model", "function_calling_agent"]
     text = usage_examples("http://localhost:9000/v1")
-    assert "curl http://localhost:9000/v1/chat/completions" in text and "OpenAI(base_url='http://localhost:9000/v1'" in text
+    assert "curl -N http://localhost:9000/v1/chat/completions" in text and "OpenAI(base_url='http://localhost:9000/v1'" in text

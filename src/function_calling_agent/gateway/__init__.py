@@ -31,7 +31,7 @@ def command_line(port: int = DEFAULT_PORT, *, triton_url: str = "localhost:8001"
 def usage_examples(base_url: str, model_id: str = "function_calling_agent") -> str:
     """A curl and an `openai` client example for the endpoint at `base_url` (e.g. http://localhost:9000/v1)."""
     return (
-        f"curl {base_url}/chat/completions -H 'Content-Type: application/json' \\\n"
+        f"curl -N {base_url}/chat/completions -H 'Content-Type: application/json' \\\n"
         f"  -H \"Authorization: Bearer ${{{API_KEY_ENV}:-none}}\" \\\n"
         f"  -d '{{\"model\": \"{model_id}\", \"stream\": true, \"messages\": "
         f"[{{\"role\": \"user\", \"content\": \"What is NVDA trading at?\"}}]}}'\n"
