@@ -26,6 +26,7 @@ import pytest
 import requests
 
 from tests.support.agent_repo import make_agent_model
+from tests.support.fca_client import DATATYPES
 
 # Longer than any scripted pause (hanging turns are cancelled or stopped well before), short enough for tests.
 ENGINE_IDLE_TIMEOUT_S = 4
@@ -97,12 +98,6 @@ SCENARIOS = [
 ]
 SCRIPT = {"scenarios": SCENARIOS, "default_turns": ["Default answer."]}
 
-_INPUT_TYPES = {
-    "text_input": "BYTES", "max_tokens": "INT32", "stream": "BOOL", "temperature": "FP32", "top_k": "INT32",
-    "top_p": "FP32", "random_seed": "UINT64", "repetition_penalty": "FP32", "presence_penalty": "FP32",
-    "frequency_penalty": "FP32", "stop_words": "BYTES", "messages": "BYTES", "max_iterations": "INT32",
-    "tools": "BYTES", "return_trace": "BOOL",
-}
 _NUMPY = {"BYTES": np.object_, "INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64, "BOOL": np.bool_}
 
 
@@ -225,8 +220,8 @@ def grpc_inputs(values: dict):
 
     tensors = []
     for name, value in values.items():
-        dtype = _INPUT_TYPES[name]
-        items = value if name == "stop_words" else [value]
+        dtype = DATATYPES[name]
+        items = list(value) if isinstance(value, (list, tuple)) else [value]  # a list is sent as [1, N]
         if dtype == "BYTES":
             items = [v.encode("utf-8") for v in items]
         array = np.array([items], dtype=_NUMPY[dtype])
@@ -671,13 +666,71 @@ def test_messages_input_continues_a_conversation(agent):
     assert plain.text == "Paris is the capital of France."
 
 
+NARROWED = ["failing_tool", "get_company_news"]
+TOOLS_FORMS = {  # protocol, the tools value as sent
+    "grpc-names": ("grpc", NARROWED),
+    "grpc-json-text": ("grpc", json.dumps(NARROWED)),
+    "http-json-array": ("http", NARROWED),
+    "http-json-text": ("http", json.dumps(NARROWED)),
+    "grpc-one-name": ("grpc", "get_company_news"),
+    "http-one-name": ("http", "get_company_news"),
+}
+
+
+def ask(agent: Agent, protocol: str, **values) -> tuple[str, dict]:
+    """(answer, tool trace) of one non-streamed request over gRPC or HTTP /generate."""
+    if protocol == "grpc":
+        reply = grpc_agent(agent, return_trace=True, **values)
+        reply.assert_one_final()
+        assert reply.error is None, reply.error
+        return reply.text, reply.trace
+    response = http_generate(agent, return_trace=True, **values)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["text_output"], json.loads(body["tool_trace"])
+
+
+@pytest.mark.parametrize("form", list(TOOLS_FORMS))
+def test_tools_input_forms_narrow_alike(agent, form):
+    """tools as names (a JSON array on /generate, [1, N] over gRPC), as one JSON list as text, or as one name."""
+    protocol, tools = TOOLS_FORMS[form]
+    answer, trace = ask(agent, protocol, text_input="[narrow] price", tools=tools)
+    assert [(c["name"], c["status"]) for c in trace["tool_calls"]] == [("get_current_stock_price", "unknown_tool")]
+    offered = re.search(r"the available tools are: ([\w, ]+)", answer).group(1).split(", ")
+    assert sorted(offered) == (["get_company_news"] if form.endswith("one-name") else sorted(NARROWED)), answer
+
+
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "[no-call] capital?"},
+                {"role": "assistant", "content": "Which country?"}, {"role": "user", "content": "France."}]
+MESSAGES_FORMS = {  # protocol, the messages value as sent
+    "grpc-json-text": ("grpc", json.dumps(CONVERSATION)),
+    "grpc-one-per-element": ("grpc", [json.dumps(m) for m in CONVERSATION]),
+    "http-json-text": ("http", json.dumps(CONVERSATION)),
+    "http-one-per-element": ("http", [json.dumps(m) for m in CONVERSATION]),
+}
+
+
+def test_messages_input_forms_reach_the_engine_alike(agent):
+    """messages as the JSON list in one string, or one message as JSON per element (a JSON array of strings on
+    /generate): the same conversation, the same prompt."""
+    prompts = {}
+    for form, (protocol, messages) in MESSAGES_FORMS.items():
+        since = len(agent.log())
+        answer, trace = ask(agent, protocol, messages=messages)
+        assert answer == "Paris is the capital of France.", form
+        assert trace["messages"][: len(CONVERSATION)] == CONVERSATION, form
+        (turn,) = engine_turns(agent, "no_call", since)
+        prompts[form] = turn["prompt_len"]
+    assert len(set(prompts.values())) == 1, prompts
+
+
 def test_invalid_requests_are_400(agent):
     cases = [
         {"text_input": "", "max_tokens": 5},
         {"text_input": "[no-call] x", "messages": json.dumps([{"role": "user", "content": "y"}]), "max_tokens": 5},
         {"text_input": "[no-call] x", "max_tokens": 0},
         {"messages": "not json", "max_tokens": 5},
-        {"text_input": "[no-call] x", "max_tokens": 5, "tools": "get_company_news"},
+        {"text_input": "[no-call] x", "max_tokens": 5, "tools": "get_company_news get_current_stock_price"},
     ]
     for body in cases:
         response = http_generate(agent, **body)
