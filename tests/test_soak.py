@@ -27,8 +27,8 @@ from tests.support.fca_client import (
     make_inputs,
     process_tree,
     read_response,
-    scrape,
     scrape_text,
+    settled,
     stop_with_stubs,
     value,
 )
@@ -211,31 +211,21 @@ def diagnose(server) -> str:
     return f"stub stacks: {files or 'py-spy not found'}; server log tail:\n{server.log_tail(15)}"
 
 
-def settle(server, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        samples = scrape(server.metrics_url)
-        idle = (value(samples, "fca_active_requests", model=MODEL) == 0
-                and value(samples, "scripted_engine_inflight") == 0)
-        if idle or time.monotonic() > deadline:
-            return samples
-        time.sleep(0.2)
-
-
 @pytest.mark.timeout(600)
 def test_soak_mixed_traffic_loses_nothing(server):
     warm_records, _ = asyncio.run(run_load(server.grpc_url, plan(WARMUP, seed=1), seed=1, time_limit_s=120))
     warm_failed = [(r.kind, r.outcome) for r in warm_records if r.verdict in ("lost", "wrong")]
     assert not warm_failed, (diagnose(server), warm_failed[:3])
-    time.sleep(1)
-    before_metrics = settle(server)
+    before_metrics = settled(server.metrics_url)
     before = usage(server.pid)
 
     kinds = plan(REQUESTS, seed=2)
     records, elapsed = asyncio.run(run_load(server.grpc_url, kinds, seed=2, time_limit_s=TIME_LIMIT_S))
-    after_metrics = settle(server)
-    time.sleep(2)  # let released tool threads and drained engine streams end
-    after = usage(server.pid)
+    after_metrics = settled(server.metrics_url, timeout=60)
+    # Released tool threads and drained engine streams end shortly after the last request.
+    deadline = time.monotonic() + 10
+    while (after := usage(server.pid))["threads"] - before["threads"] > 32 and time.monotonic() < deadline:
+        time.sleep(0.2)
     metrics_text = scrape_text(server.metrics_url)
     METRICS_PATH.write_text(fca_lines(metrics_text) + "\n", encoding="utf-8")
 
