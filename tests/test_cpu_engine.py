@@ -469,7 +469,11 @@ def test_server_stop_request_ends_a_long_generation(engine_server, model):
             _, outputs, final = stream.next()
             assert final and "output_ids" not in outputs
     if model == "tensorrt_llm_x2":
-        # Triton spreads requests over the instances, so some stops land on the instance not generating.
+        # Triton spreads requests over the instances, so some stops land on the instance not generating. The stub's
+        # log line may reach the file after the stop's response reached us.
+        deadline = time.monotonic() + 10
+        while "posted to the other instances" not in engine_server.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert "posted to the other instances" in engine_server.log_text()
 
 

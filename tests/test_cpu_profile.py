@@ -138,47 +138,72 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+class Serve:
+    """`python -m deploy.serve --plumbing-check --no-demo` on the given ports, its output pumped into a queue."""
+
+    def __init__(self, http_port: int, grpc_port: int, metrics_port: int):
+        self.http_port = http_port
+        command = [sys.executable, "-m", "deploy.serve", "--plumbing-check", "--no-demo", "--http-port",
+                   str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.lines: queue.Queue = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.process.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def ready_line(self, timeout: float) -> str | None:
+        """The "serve: ready" line, or None when serve exited first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            if line is None or line.startswith("serve: ready"):
+                return line
+
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_serve(attempts: int = 5) -> tuple[Serve, str]:
+    """serve on free ports; picked again when another process takes one first (the ports must be named to serve,
+    so the launcher's own retry cannot apply)."""
+    for _ in range(attempts):
+        serve = Serve(free_port(), free_port(), free_port())
+        line = serve.ready_line(timeout=240)
+        if line is not None:
+            return serve, line
+        serve.process.wait(timeout=30)
+        if not re.search(r"\bin use\b", "".join(serve.output), re.IGNORECASE):
+            raise AssertionError("serve exited before ready:\n" + "".join(serve.output))
+    raise AssertionError(f"serve found its ports taken {attempts} times:\n" + "".join(serve.output))
+
+
 def test_serve_plumbing_check_answers_and_stops_on_sigterm():
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    command = [sys.executable, "-m", "deploy.serve", "--plumbing-check", "--no-demo", "--http-port", str(http_port),
-               "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: queue.Queue = queue.Queue()
-    output: list[str] = []
-
-    def pump():
-        for line in process.stdout:
-            output.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
+    serve, line = start_serve()
     servers: list[int] = []
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            assert line is not None, "serve exited before ready:\n" + "".join(output)
-            if line.startswith("serve: ready"):
-                break
-        assert f":{http_port}" in line, line
-        servers = _children(process.pid)
+        assert f":{serve.http_port}" in line, line
+        servers = _children(serve.process.pid)
         assert servers, "serve has no child process (tritonserver)"
 
-        status, body = http_generate(f"127.0.0.1:{http_port}", {"text_input": "Give me Rivian (RIVN) news",
-                                                                "max_tokens": 16}, timeout=120)
+        status, body = http_generate(f"127.0.0.1:{serve.http_port}", {"text_input": "Give me Rivian (RIVN) news",
+                                                                      "max_tokens": 16}, timeout=120)
         assert status == 200, body
         assert body["finish_reason"] in ("stop", "length", "incomplete"), body
 
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
-        assert code == 0, "".join(output)
+        serve.process.send_signal(signal.SIGTERM)
+        code = serve.process.wait(timeout=30)
+        assert code == 0, "".join(serve.output)
         assert not [pid for pid in servers if _alive(pid)], f"tritonserver still running: {servers}"
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        serve.kill()
         for pid in servers:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)

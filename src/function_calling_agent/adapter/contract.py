@@ -36,12 +36,14 @@ SAMPLING_ENGINE_INPUTS = {
 
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
-    """One tensor of the contract: Triton data type, numpy type, and what it carries. Every input is [1] per request
-    (batch first, so [1, 1]) except `stop_words`, [-1]."""
+    """One tensor of the contract: Triton data type, numpy type, what it carries, and its dims per request (batch
+    first, so [1] is sent as [1, 1]). The list inputs are [-1] so that Triton's HTTP generate endpoints take a JSON
+    array of strings for them (one element per string, [1, N]); a [1] input would turn N strings into a batch of N."""
 
     data_type: str
     numpy_type: Any
     doc: str
+    dims: tuple[int, ...] = (1,)
 
 
 # Client input name -> spec. Only text_input/messages and max_tokens are needed; every other input is optional.
@@ -56,10 +58,12 @@ CLIENT_INPUTS: Mapping[str, TensorSpec] = {
     "repetition_penalty": TensorSpec("TYPE_FP32", np.float32, "sampling, every turn"),
     "presence_penalty": TensorSpec("TYPE_FP32", np.float32, "sampling, every turn"),
     "frequency_penalty": TensorSpec("TYPE_FP32", np.float32, "sampling, every turn"),
-    "stop_words": TensorSpec("TYPE_STRING", np.object_, "end the final answer (not tool turns)"),
-    "messages": TensorSpec("TYPE_STRING", np.object_, "OpenAI-style chat history as JSON, instead of text_input"),
+    "stop_words": TensorSpec("TYPE_STRING", np.object_, "end the final answer (not tool turns)", (-1,)),
+    "messages": TensorSpec("TYPE_STRING", np.object_, "OpenAI-style chat history, instead of text_input: the JSON "
+                           "list as one string, or one message as JSON per element", (-1,)),
     "max_iterations": TensorSpec("TYPE_INT32", np.int32, "may lower the server's limit, never raise it"),
-    "tools": TensorSpec("TYPE_STRING", np.object_, "JSON list of tool names: a subset of what the server offers"),
+    "tools": TensorSpec("TYPE_STRING", np.object_, "tool names, one per element (or one JSON list as text): a "
+                        "subset of what the server offers", (-1,)),
     "return_trace": TensorSpec("TYPE_BOOL", np.bool_, "add tool_trace to the final response"),
     "return_reasoning": TensorSpec("TYPE_BOOL", np.bool_,
                                    "send the model's reasoning as reasoning_output (deltas when streaming)"),
@@ -79,10 +83,13 @@ CLIENT_OUTPUTS: Mapping[str, str] = {
 def check_declared(model_config: Mapping[str, Any]) -> None:
     """Raises ValueError when a model config (Triton's JSON form) does not declare exactly the contract's tensors."""
     declared = {t["name"]: t.get("data_type") for t in model_config.get("input", [])}
+    dims = {t["name"]: tuple(int(d) for d in t.get("dims", ())) for t in model_config.get("input", [])}
     problems = []
     for name, spec in CLIENT_INPUTS.items():
         if declared.get(name) != spec.data_type:
             problems.append(f"input {name!r} must be {spec.data_type}, got {declared.get(name, 'nothing')}")
+        elif dims[name] != spec.dims:
+            problems.append(f"input {name!r} must have dims {list(spec.dims)}, got {list(dims[name])}")
     problems += [f"input {name!r} is not part of the contract" for name in declared if name not in CLIENT_INPUTS]
     outputs = {t["name"] for t in model_config.get("output", [])}
     if outputs != set(CLIENT_OUTPUTS):
@@ -119,15 +126,15 @@ def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_lim
         _check_array(name, array)
 
     text = _string(arrays, "text_input", max_input_chars)
-    messages_json = _string(arrays, "messages", max_input_chars)
-    if (text is None) == (messages_json is None):
+    messages_texts = _texts(arrays, "messages", max_input_chars)
+    if (text is None) == (messages_texts is None):
         raise InvalidRequest("send exactly one of text_input (a prompt) or messages (a JSON chat history)")
     if text is not None:
         if not text.strip():
             raise InvalidRequest("text_input is empty: send the user's prompt")
         messages: tuple[dict, ...] = ({"role": "user", "content": text},)
     else:
-        messages = _messages(messages_json)
+        messages = _messages(messages_texts)
 
     max_tokens = _scalar(arrays, "max_tokens")
     if max_tokens is None:
@@ -155,13 +162,8 @@ def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_lim
         if max_iterations < 0:
             raise InvalidRequest(f"max_iterations must be >= 0, got {max_iterations}")
 
-    tools = None
-    tools_json = _string(arrays, "tools", max_input_chars)
-    if tools_json is not None:
-        value = _load_json(tools_json, "tools must be a JSON list of tool names; tools")
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise InvalidRequest('tools must be a JSON list of tool names, e.g. ["get_current_stock_price"]')
-        tools = tuple(dict.fromkeys(value))
+    tools_texts = _texts(arrays, "tools", max_input_chars)
+    tools = _tools(tools_texts) if tools_texts is not None else None
 
     stream = _scalar(arrays, "stream")
     return_trace = _scalar(arrays, "return_trace")
@@ -186,7 +188,7 @@ def _check_array(name: str, array: np.ndarray) -> None:
                              f"got {array.dtype}")
     if array.ndim == 0 or array.shape[0] != 1:
         raise InvalidRequest(f"{name}: send one request per call (batch size 1), got shape {list(array.shape)}")
-    if name != "stop_words" and array.size != 1:
+    if spec.dims == (1,) and array.size != 1:
         raise InvalidRequest(f"{name} must hold exactly one value, got shape {list(array.shape)}")
 
 
@@ -214,6 +216,20 @@ def _strings(arrays, name: str) -> list[str]:
     if name not in arrays:
         return []
     return [_as_text(name, v, 4096) for v in arrays[name].reshape(-1)]
+
+
+def _texts(arrays, name: str, limit: int) -> Optional[list[str]]:
+    """The strings of a list input (None when absent); `limit` bounds their total length."""
+    if name not in arrays:
+        return None
+    values = arrays[name].reshape(-1)
+    if values.size > MAX_MESSAGES:
+        raise InvalidRequest(f"{name} holds {values.size} elements; the limit is {MAX_MESSAGES}")
+    texts = [_as_text(name, v, limit) for v in values]
+    total = sum(map(len, texts))
+    if total > limit:
+        raise InvalidRequest(f"{name} is {total} characters; the limit is {limit}: shorten it")
+    return texts
 
 
 def _scalar(arrays, name: str):
@@ -246,12 +262,26 @@ def _sampling(arrays) -> SamplingParams:
     )
 
 
-def _messages(text: str) -> tuple[dict, ...]:
-    value = _load_json(text, "messages")
-    if isinstance(value, dict) and isinstance(value.get("messages"), list):
-        value = value["messages"]
-    if not isinstance(value, list) or not value:
-        raise InvalidRequest('messages must be a non-empty JSON list like [{"role": "user", "content": "..."}]')
+_MESSAGES_FORMS = ('messages must be a non-empty JSON list like [{"role": "user", "content": "..."}], sent as one '
+                   'string; or one message as JSON text per element')
+
+
+def _messages(texts: list[str]) -> tuple[dict, ...]:
+    """Each element holds the JSON text of a list of messages (or of {"messages": [...]}) or of one message; in
+    order, they make the conversation. One element with the whole list is the common form."""
+    value: list = []
+    for i, text in enumerate(texts):
+        item = _load_json(text, "messages" if len(texts) == 1 else f"messages (element {i})")
+        if isinstance(item, dict) and "role" not in item and isinstance(item.get("messages"), list):
+            item = item["messages"]
+        if isinstance(item, dict):
+            value.append(item)
+        elif isinstance(item, list):
+            value.extend(item)
+        else:
+            raise InvalidRequest(_MESSAGES_FORMS)
+    if not value:
+        raise InvalidRequest(_MESSAGES_FORMS)
     if len(value) > MAX_MESSAGES:
         raise InvalidRequest(f"messages holds {len(value)} entries; the limit is {MAX_MESSAGES}")
     out = []
@@ -287,6 +317,23 @@ def _messages(text: str) -> tuple[dict, ...]:
     if out[-1]["role"] not in ("user", "tool"):
         raise InvalidRequest("the last message must be from the user (or a tool result) for the agent to answer")
     return tuple(out)
+
+
+_TOOLS_FORMS = ('send tool names one per element (on /generate a JSON array: ["get_current_stock_price"]) or one '
+                'JSON list as text')
+
+
+def _tools(texts: list[str]) -> tuple[str, ...]:
+    names: list = texts
+    if len(texts) == 1 and texts[0].lstrip().startswith("["):
+        names = _load_json(texts[0], "tools")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise InvalidRequest(f"tools must be a list of tool names: {_TOOLS_FORMS}")
+    for name in names:
+        # The rule ToolSpec applies to names, so anything else cannot name a tool (e.g. "a,b" or a JSON object).
+        if not name.replace("_", "a").replace("-", "a").isalnum():
+            raise InvalidRequest(f"tools: {name[:80]!r} is not a tool name; {_TOOLS_FORMS}")
+    return tuple(dict.fromkeys(names))
 
 
 def _load_json(text: str, name: str) -> Any:

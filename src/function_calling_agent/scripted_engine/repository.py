@@ -83,4 +83,6 @@ def read_request_log(engine_dir: str | os.PathLike) -> list[dict]:
     path = state_dir_of(engine_dir) / REQUEST_LOG
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8")
+    # A line the engine is still appending has no newline yet: it is read next time.
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
