@@ -1,6 +1,7 @@
 """The cpu profile end to end: configure_repository's output on a real tritonserver, function_calling_agent over the
-CPU engine, with a tiny model trained to call two tools and answer (tests/support/tiny_tool_model.py), and the
-README's main command (`python -m deploy.serve --plumbing-check`) started and stopped as a user would.
+CPU engine, with a tiny model trained to call two tools and answer (function_calling_agent.offline_models.
+tiny_tool_model), and the README's main command (`python -m deploy.serve`) started and stopped as a user would: the
+plumbing check, and the offline demo (the tiny model trained on the finance tools, which fail fast offline).
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ import pytest
 from deploy.configure_repository import configure
 from deploy.triton_launcher import free_port
 from function_calling_agent.offline_models.tiny_tool_model import (
-    FINAL_ANSWER,
-    TOOL_CALLS,
-    USER_PROMPT,
-    agent_transcript,
+    Conversation,
+    ToolVariant,
+    agent_transcripts,
     build_tiny_tool_model,
 )
 from function_calling_agent.tools import load_tool_modules
@@ -37,14 +37,25 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TURNS_REPORT = Path("/tmp/fca_cpu_profile_turns.txt")
 MARKUP = ("<tool_call>", "</tool_call>", "<tool_response>", "<|im_end|>", "<|im_start|>")
 
+# Three engine turns: a price call, a news call after the price result, the answer after the news result.
+USER_PROMPT = "Give me Rivian (RIVN) news and stock price"
+TOOL_CALLS = ("get_current_stock_price", "get_company_news")
+FINAL_ANSWER = "RIVN trades at 12.34 USD. News: RIVN ships more trucks."
+CONVERSATION = Conversation("rivn", USER_PROMPT, (
+    '<tool_call>\n{"name": "get_current_stock_price", "arguments": {"symbol": "RIVN"}}\n</tool_call>',
+    '<tool_call>\n{"name": "get_company_news", "arguments": {"symbol": "RIVN"}}\n</tool_call>',
+    FINAL_ANSWER,
+))
+
+
+def scripted_tools() -> ToolVariant:
+    return ToolVariant("scripted", load_tool_modules(["scripted_tools"], [str(TEST_TOOL_MODULES)]))
+
 
 @pytest.fixture(scope="module")
 def tool_model_dir(tmp_path_factory, hermes_tokenizer_dir) -> str:
-    return build_tiny_tool_model(tmp_path_factory.mktemp("tiny-tool-model"), hermes_tokenizer_dir, scripted_tools())
-
-
-def scripted_tools():
-    return load_tool_modules(["scripted_tools"], [str(TEST_TOOL_MODULES)])
+    return build_tiny_tool_model(tmp_path_factory.mktemp("tiny-tool-model"), hermes_tokenizer_dir, [CONVERSATION],
+                                 [scripted_tools()])
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +100,8 @@ def _check_conversation(label: str, finish_reason: str, text: str, usage: dict, 
 def test_cpu_profile_runs_three_turns_with_prefix_reuse(triton_server_factory, cpu_repository, tool_model_dir):
     from transformers import AutoTokenizer
 
-    expected_prompts = agent_transcript(AutoTokenizer.from_pretrained(tool_model_dir), scripted_tools()).prompts
+    transcript = agent_transcripts(AutoTokenizer.from_pretrained(tool_model_dir), [CONVERSATION], scripted_tools())
+    expected_prompts = transcript["rivn"].prompts
     server = triton_server_factory(cpu_repository)
 
     # First request on a fresh server: nothing cached, so turn 1 reuses nothing.
