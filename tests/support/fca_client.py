@@ -28,7 +28,7 @@ DATATYPES = {
     "text_input": "BYTES", "max_tokens": "INT32", "stream": "BOOL", "temperature": "FP32", "top_k": "INT32",
     "top_p": "FP32", "random_seed": "UINT64", "repetition_penalty": "FP32", "presence_penalty": "FP32",
     "frequency_penalty": "FP32", "stop_words": "BYTES", "messages": "BYTES", "max_iterations": "INT32",
-    "tools": "BYTES", "return_trace": "BOOL",
+    "tools": "BYTES", "return_trace": "BOOL", "list_tools": "BOOL",
 }
 _NUMPY = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "FP64": np.float64,
           "BOOL": np.bool_, "UINT64": np.uint64, "UINT8": np.uint8}

@@ -61,6 +61,8 @@ CLIENT_INPUTS: Mapping[str, TensorSpec] = {
     "max_iterations": TensorSpec("TYPE_INT32", np.int32, "may lower the server's limit, never raise it"),
     "tools": TensorSpec("TYPE_STRING", np.object_, "JSON list of tool names: a subset of what the server offers"),
     "return_trace": TensorSpec("TYPE_BOOL", np.bool_, "add tool_trace to the final response"),
+    "list_tools": TensorSpec("TYPE_BOOL", np.bool_,
+                             "true: answer at once with tool_schemas (narrowed by tools); no prompt, no engine call"),
 }
 REQUIRED_INPUTS = ("max_tokens",)
 CLIENT_OUTPUTS: Mapping[str, str] = {
@@ -68,6 +70,7 @@ CLIENT_OUTPUTS: Mapping[str, str] = {
     "finish_reason": "stop, length or incomplete (errors and cancellation arrive as Triton errors)",
     "usage": "JSON: token counts, engine turns, tool calls, iterations, repair turns, reused prompt tokens, detail",
     "tool_trace": "JSON: every call and the conversation in OpenAI form, to continue it through messages",
+    "tool_schemas": "JSON: the OpenAI tool schemas the server offers (list_tools requests only)",
 }
 
 
@@ -148,13 +151,7 @@ def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_lim
         if max_iterations < 0:
             raise InvalidRequest(f"max_iterations must be >= 0, got {max_iterations}")
 
-    tools = None
-    tools_json = _string(arrays, "tools", max_input_chars)
-    if tools_json is not None:
-        value = _load_json(tools_json, "tools must be a JSON list of tool names; tools")
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise InvalidRequest('tools must be a JSON list of tool names, e.g. ["get_current_stock_price"]')
-        tools = tuple(dict.fromkeys(value))
+    tools = _tool_names(arrays, max_input_chars)
 
     stream = _scalar(arrays, "stream")
     return_trace = _scalar(arrays, "return_trace")
@@ -163,6 +160,37 @@ def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_lim
         sampling=sampling, stop_words=stop_words, max_iterations=max_iterations, tools=tools,
         return_trace=bool(return_trace) if return_trace is not None else False,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolListRequest:
+    tools: Optional[tuple[str, ...]]  # list only these (None: every tool the server offers)
+
+
+def decode_list_tools(inputs: Mapping[str, Optional[np.ndarray]], *, max_input_chars: int) -> Optional[ToolListRequest]:
+    """The request as a tool listing (`list_tools` true), or None when it is an agent request."""
+    arrays = {k: v for k, v in inputs.items() if v is not None}
+    if "list_tools" not in arrays:
+        return None
+    _check_array("list_tools", arrays["list_tools"])
+    if not _scalar(arrays, "list_tools"):
+        return None
+    for name in ("text_input", "messages"):
+        if name in arrays:
+            raise InvalidRequest(f"list_tools is answered on its own: send it without {name}")
+    if "tools" in arrays:
+        _check_array("tools", arrays["tools"])
+    return ToolListRequest(_tool_names(arrays, max_input_chars))
+
+
+def _tool_names(arrays, max_input_chars: int) -> Optional[tuple[str, ...]]:
+    tools_json = _string(arrays, "tools", max_input_chars)
+    if tools_json is None:
+        return None
+    value = _load_json(tools_json, "tools must be a JSON list of tool names; tools")
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest('tools must be a JSON list of tool names, e.g. ["get_current_stock_price"]')
+    return tuple(dict.fromkeys(value))
 
 
 def _check_array(name: str, array: np.ndarray) -> None:
