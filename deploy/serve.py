@@ -416,8 +416,12 @@ def serve(args) -> int:
         + (f" from {os.pathsep.join(map(str, tool_path))}" if tool_path else "") + ")")
 
     stop = {"requested": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
-    server = start_server(args, repository, state_dir / "tritonserver.log")
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    try:
+        server = start_server(args, repository, state_dir / "tritonserver.log")
+    except BaseException:
+        signal.signal(signal.SIGTERM, previous)
+        raise
     try:
         urls = server.urls
         log(f"ready in {time.monotonic() - started:.1f} s: HTTP {urls['http']}  gRPC {urls['grpc']}  "
@@ -439,6 +443,7 @@ def serve(args) -> int:
     finally:
         log("stopping tritonserver")
         server.stop()
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

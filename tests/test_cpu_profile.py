@@ -150,47 +150,108 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_serve_plumbing_check_answers_and_stops_on_sigterm():
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    command = [sys.executable, "-m", "deploy.serve", "--plumbing-check", "--no-demo", "--http-port", str(http_port),
-               "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: queue.Queue = queue.Queue()
-    output: list[str] = []
+class ServeRun:
+    """`python -m deploy.serve ARGS` as a user runs it: its output line by line, its tritonserver child."""
 
-    def pump():
-        for line in process.stdout:
-            output.append(line)
-            lines.put(line)
-        lines.put(None)
+    def __init__(self, tmp_path: Path, args: list[str], env: dict[str, str]):
+        self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+        command = [sys.executable, "-m", "deploy.serve", "--state-dir", str(tmp_path / "state"), *args,
+                   *(item for name, port in self.ports.items() for item in (f"--{name}-port", str(port)))]
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+        self.lines: queue.Queue = queue.Queue()
+        self.output: list[str] = []
+        self.servers: list[int] = []
+        threading.Thread(target=self._pump, daemon=True).start()
 
-    threading.Thread(target=pump, daemon=True).start()
-    servers: list[int] = []
-    try:
-        deadline = time.monotonic() + 240
+    def _pump(self):
+        for line in self.process.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def wait_for_line(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
         while True:
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            assert line is not None, "serve exited before ready:\n" + "".join(output)
-            if line.startswith("serve: ready"):
-                break
-        assert f":{http_port}" in line, line
-        servers = _children(process.pid)
-        assert servers, "serve has no child process (tritonserver)"
+            line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, f"serve exited before {prefix!r}:\n{self.text}"
+            if line.startswith(prefix):
+                if not self.servers:
+                    self.servers = _children(self.process.pid)
+                return line
 
-        status, body = http_generate(f"127.0.0.1:{http_port}", {"text_input": "Give me Rivian (RIVN) news",
-                                                                "max_tokens": 16}, timeout=120)
-        assert status == 200, body
-        assert body["finish_reason"] in ("stop", "length", "incomplete"), body
+    def stop(self) -> int:
+        assert self.servers, "serve has no child process (tritonserver)"
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        assert not [pid for pid in self.servers if _alive(pid)], f"tritonserver still running: {self.servers}"
+        return code
 
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
-        assert code == 0, "".join(output)
-        assert not [pid for pid in servers if _alive(pid)], f"tritonserver still running: {servers}"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for pid in servers:
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for pid in self.servers:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_serve_plumbing_check_answers_and_stops_on_sigterm(tmp_path):
+    run = ServeRun(tmp_path, ["--plumbing-check", "--no-demo"], {})
+    try:
+        line = run.wait_for_line("serve: ready", 240)
+        assert f":{run.ports['http']}" in line, line
+        status, body = http_generate(f"127.0.0.1:{run.ports['http']}", {"text_input": "Give me Rivian (RIVN) news",
+                                                                         "max_tokens": 16}, timeout=120)
+        assert status == 200, body
+        assert body["finish_reason"] in ("stop", "length", "incomplete"), body
+        assert run.stop() == 0, run.text
+    finally:
+        run.kill()
+
+
+# The first run trains the demo model: about a minute on two idle cores, a few minutes on a busy machine.
+@pytest.mark.timeout(900)
+def test_serve_offline_shows_a_tool_round_the_relayed_error_and_a_continuation(tmp_path):
+    from function_calling_agent.offline_models.finance_demo import ANSWERS, DEMO_PROMPT, FOLLOW_UP_PROMPT
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    # No hub, and no Yahoo either on any machine: both are asked through a proxy that refuses connections. Requests
+    # to the local server must not go through it.
+    run = ServeRun(tmp_path, [], {"HF_ENDPOINT": dead, "HTTPS_PROXY": dead, "HTTP_PROXY": dead, "NO_PROXY": ""})
+    try:
+        run.wait_for_line("serve: serving until Ctrl-C", 800)
+        text = run.text
+        notices = [line for line in text.splitlines() if "TINY OFFLINE MODEL" in line]
+        assert len(notices) == 1, text
+        assert notices[0].startswith("serve: no checkpoint: the Hugging Face hub is unreachable (")
+        assert "./serve.sh --model /path/to/checkpoint" in notices[0]
+
+        first = text[text.index("serve: demo request 1"):text.index("serve: demo request 2")]
+        assert json.dumps(DEMO_PROMPT) in first
+        assert f"  answer: {ANSWERS[0]}\n" in first, first
+        for tool in TOOL_CALLS:  # both finance tools ran, in one turn, and failed fast
+            assert re.search(rf'tool call: {tool}\(\{{"symbol": "RIVN"\}}\) -> error: ToolError: market data is '
+                             rf"unreachable: curl: \(\d+\) ", first), first
+        assert "2 engine turns, 2 tool calls" in first, first
+
+        second = text[text.index("serve: demo request 2"):text.index("serve: serving until Ctrl-C")]
+        assert "tool_trace.messages" in second and json.dumps(FOLLOW_UP_PROMPT) in second, second
+        assert f"  answer: {ANSWERS[1]}\n" in second, second
+        assert re.search(r'tool call: get_current_stock_price\(\{"symbol": "TSLA"\}\) -> error: ToolError: market '
+                         r"data is unreachable: ", second), second
+
+        # Still serving: a request of our own gets the same tool round.
+        status, body = http_generate(f"127.0.0.1:{run.ports['http']}", {"text_input": DEMO_PROMPT, "max_tokens": 64,
+                                                                         "return_trace": True}, timeout=120)
+        assert status == 200, body
+        assert body["text_output"] == ANSWERS[0], body
+        trace = json.loads(body["tool_trace"])
+        assert [(c["name"], c["status"]) for c in trace["tool_calls"]] == [(t, "error") for t in TOOL_CALLS], trace
+        assert run.stop() == 0, run.text
+    finally:
+        run.kill()
