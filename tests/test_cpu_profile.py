@@ -7,14 +7,7 @@ plumbing check, and the offline demo (the tiny model trained on the finance tool
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -30,10 +23,10 @@ from function_calling_agent.offline_models.tiny_tool_model import (
 from function_calling_agent.tools import load_tool_modules
 from tests.support.agent_repo import TEST_TOOL_MODULES
 from tests.support.fca_client import http_generate, make_inputs, stream_request
+from tests.support.serve_process import ServeRun
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TURNS_REPORT = Path("/tmp/fca_cpu_profile_turns.txt")
 MARKUP = ("<tool_call>", "</tool_call>", "<tool_response>", "<|im_end|>", "<|im_start|>")
 
@@ -132,76 +125,8 @@ def test_cpu_profile_runs_three_turns_with_prefix_reuse(triton_server_factory, c
     TURNS_REPORT.write_text(report, encoding="utf-8")
 
 
-def _children(pid: int) -> list[int]:
-    pids = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            pids += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-class ServeRun:
-    """`python -m deploy.serve ARGS` as a user runs it: its output line by line, its tritonserver child."""
-
-    def __init__(self, tmp_path: Path, args: list[str], env: dict[str, str]):
-        self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-        command = [sys.executable, "-m", "deploy.serve", "--state-dir", str(tmp_path / "state"), *args,
-                   *(item for name, port in self.ports.items() for item in (f"--{name}-port", str(port)))]
-        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
-        self.lines: queue.Queue = queue.Queue()
-        self.output: list[str] = []
-        self.servers: list[int] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self):
-        for line in self.process.stdout:
-            self.output.append(line)
-            self.lines.put(line)
-        self.lines.put(None)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.output)
-
-    def wait_for_line(self, prefix: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            assert line is not None, f"serve exited before {prefix!r}:\n{self.text}"
-            if line.startswith(prefix):
-                if not self.servers:
-                    self.servers = _children(self.process.pid)
-                return line
-
-    def stop(self) -> int:
-        assert self.servers, "serve has no child process (tritonserver)"
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=30)
-        assert not [pid for pid in self.servers if _alive(pid)], f"tritonserver still running: {self.servers}"
-        return code
-
-    def kill(self):
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        for pid in self.servers:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-
-
 def test_serve_plumbing_check_answers_and_stops_on_sigterm(tmp_path):
-    run = ServeRun(tmp_path, ["--plumbing-check", "--no-demo"], {})
+    run = ServeRun.module(tmp_path, ["--plumbing-check", "--no-demo"], {})
     try:
         line = run.wait_for_line("serve: ready", 240)
         assert f":{run.ports['http']}" in line, line
@@ -222,7 +147,7 @@ def test_serve_offline_shows_a_tool_round_the_relayed_error_and_a_continuation(t
     dead = f"http://127.0.0.1:{free_port()}"
     # No hub, and no Yahoo either on any machine: both are asked through a proxy that refuses connections. Requests
     # to the local server must not go through it.
-    run = ServeRun(tmp_path, [], {"HF_ENDPOINT": dead, "HTTPS_PROXY": dead, "HTTP_PROXY": dead, "NO_PROXY": ""})
+    run = ServeRun.module(tmp_path, [], {"HF_ENDPOINT": dead, "HTTPS_PROXY": dead, "HTTP_PROXY": dead, "NO_PROXY": ""})
     try:
         run.wait_for_line("serve: serving until Ctrl-C", 800)
         text = run.text
