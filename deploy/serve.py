@@ -182,7 +182,8 @@ def download(model_id: str, target: Path, state_dir: Path) -> None:
         raise
     except BaseException as exc:
         details.write_text(traceback.format_exc(), encoding="utf-8")
-        raise ServeError(f"downloading {model_id} from {hub_endpoint()} failed: {one_line(exc, 300)} (details in "
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].removeprefix("Got: ")
+        raise ServeError(f"downloading {model_id} from {hub_endpoint()} failed: {one_line(first, 300)} (details in "
                          f"{details}; run again to resume)") from None
     if not (target / "config.json").is_file():
         raise ServeError(f"{model_id} has no config.json: it is not a Hugging Face transformers checkpoint")

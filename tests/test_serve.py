@@ -12,6 +12,7 @@ import argparse
 import http.server
 import json
 import os
+import shutil
 import socket
 import socketserver
 import subprocess
@@ -216,3 +217,29 @@ def test_the_hub_check_goes_through_https_proxy_unless_no_proxy(tmp_path):
                   timeout=120)
         assert _RecordingProxy.seen == []
         proxy.shutdown()
+
+
+def test_a_failed_download_is_one_line_with_the_details_kept(tmp_path):
+    with _serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FailingHub)) as hub:
+        endpoint = f"http://127.0.0.1:{hub.server_address[1]}"
+        result = subprocess.run(
+            [sys.executable, "-c", "import sys; from pathlib import Path; from deploy import serve\n"
+             "try:\n    serve.download('org/some-model', Path(sys.argv[1]) / 'ckpt', Path(sys.argv[1]))\n"
+             "except serve.ServeError as exc:\n    print(exc)\n", str(tmp_path)],
+            cwd=REPO_ROOT, env={**os.environ, "HF_ENDPOINT": endpoint}, capture_output=True, text=True, timeout=120)
+        hub.shutdown()
+    lines = [line for line in result.stdout.splitlines() if not line.startswith("serve: downloading")]
+    assert len(lines) == 1, result.stdout + result.stderr
+    assert lines[0].startswith(f"downloading org/some-model from {endpoint} failed: HfHubHTTPError: Server error "
+                               "'503 Service Unavailable'"), lines
+    assert f"(details in {tmp_path / 'download.log'}; run again to resume)" in lines[0], lines
+    assert "Traceback" in (tmp_path / "download.log").read_text()
+
+
+def test_offline_without_the_finance_tools_says_how_to_try_other_tools(tmp_path, dead_port):
+    tools = tmp_path / "tools"
+    shutil.copytree(REPO_ROOT / "examples" / "custom_tools", tools)
+    line = error_line(run_serve(tmp_path, "--tool-path", str(tools), "--tool-modules", "my_weather_tools", *ports(),
+                                env={"HF_ENDPOINT": f"http://127.0.0.1:{dead_port}"}, timeout=120))
+    assert "no checkpoint can be had" in line and "the offline demo model needs the finance tools" in line, line
+    assert "--engine scripted --script FILE (docs/tools.md)" in line, line
