@@ -450,6 +450,8 @@ def serve(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # A shell that starts us in the background sets SIGINT to "ignore"; Ctrl-C / kill -INT must still stop us.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return serve(args)
     except ServeError as exc:
