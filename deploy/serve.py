@@ -256,8 +256,8 @@ def offline_demo_checkpoint(state_dir: Path, reason: str, tool_modules: str, too
     base = state_dir / "offline"
     try:
         path = build_finance_demo_model(base / "tool-models", build_hermes_tokenizer(base / "tokenizer"), tools,
-                                        announce=lambda: log("training the offline demo model (once; about a minute "
-                                                             f"on two cores; cached in {base / 'tool-models'})"))
+                                        announce=lambda: log("training the offline demo model (once; one to two "
+                                                             f"minutes on two cores; cached in {base / 'tool-models'})"))
     except TinyModelError as exc:
         raise ServeError(f"the offline demo model could not be trained: {one_line(exc)}; use --plumbing-check or "
                          "--model /path/to/checkpoint") from None

@@ -139,7 +139,7 @@ def test_serve_plumbing_check_answers_and_stops_on_sigterm(tmp_path):
         run.kill()
 
 
-# The first run trains the demo model: about a minute on two idle cores, a few minutes on a busy machine.
+# The first run trains the demo model: about two minutes on two shared cores, more on a very busy machine.
 @pytest.mark.timeout(900)
 def test_serve_offline_shows_a_tool_round_the_relayed_error_and_a_continuation(tmp_path):
     from function_calling_agent.offline_models.finance_demo import ANSWERS, DEMO_PROMPT, FOLLOW_UP_PROMPT
