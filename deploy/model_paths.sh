@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # Sourced by engine_build/build_engine.sh and deploy/start_triton_{gpu,cpu}.sh: the one place that names the folders a
 # model's checkpoint and engine live in, from HF_MODEL and the build settings, so HF_MODEL alone picks a model.
 #   checkpoint_dir_for MODEL_ID                       /checkpoints/<model name>
@@ -6,6 +7,7 @@
 #                                                     HF_MODEL, TRTLLM_DTYPE, TP_SIZE, MAX_BATCH_SIZE, MAX_SEQ_LEN and
 #                                                     MAX_INPUT_LEN with build_engine.sh's defaults
 # The model name is the last part of the id (NousResearch/Hermes-2-Pro-Llama-3-8B -> Hermes-2-Pro-Llama-3-8B).
+# Run directly, it prints the two folders for the current environment: HF_MODEL=org/model deploy/model_paths.sh
 
 DEFAULT_GPU_MODEL="NousResearch/Hermes-2-Pro-Llama-3-8B"
 
@@ -30,3 +32,9 @@ resolve_model_paths() {
         "${MAX_BATCH_SIZE:-64}" "$seq" "${MAX_INPUT_LEN:-$((seq - 1024))}")}"
     export CHECKPOINT_DIR ENGINE_DIR
 }
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    set -euo pipefail
+    resolve_model_paths
+    printf 'CHECKPOINT_DIR=%s\nENGINE_DIR=%s\n' "$CHECKPOINT_DIR" "$ENGINE_DIR"
+fi

@@ -21,6 +21,7 @@ tritonserver's full log is .serve/tritonserver.log. On a machine with an NVIDIA 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -138,9 +139,11 @@ def tool_path_dirs(values: list[str]) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------------------- checkpoints
+@dataclasses.dataclass(frozen=True)
 class Checkpoint:
-    def __init__(self, path: Path, kind: str, label: str):
-        self.path, self.kind, self.label = path, kind, label  # kind: checkpoint | offline-demo | plumbing
+    path: Path
+    kind: str  # checkpoint | offline-demo | plumbing | scripted
+    label: str  # how the serve log names it
 
 
 def hub_endpoint() -> str:

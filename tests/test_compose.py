@@ -109,12 +109,10 @@ BUILD_SETTINGS = ("HF_MODEL", "TRTLLM_DTYPE", "TP_SIZE", "MAX_BATCH_SIZE", "MAX_
 def resolved_paths(environment: dict) -> tuple[str, str]:
     """CHECKPOINT_DIR and ENGINE_DIR as the start scripts resolve them in a container with `environment`."""
     env = {"PATH": "/usr/bin:/bin", **{k: str(v) for k, v in environment.items() if v is not None}}
-    done = subprocess.run(["bash", "-c", 'source deploy/model_paths.sh && resolve_model_paths && '
-                           'printf "%s\\n%s\\n" "$CHECKPOINT_DIR" "$ENGINE_DIR"'],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(["deploy/model_paths.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    checkpoint, engine = done.stdout.splitlines()
-    return checkpoint, engine
+    values = dict(line.split("=", 1) for line in done.stdout.splitlines())
+    return values["CHECKPOINT_DIR"], values["ENGINE_DIR"]
 
 
 def test_hf_model_alone_names_the_checkpoint_and_engine_folders(tmp_path):
