@@ -421,12 +421,48 @@ def make_agent_model(
     return target
 
 
+def _profile_keys(profile: Profile) -> tuple[list[str], dict[str, str]]:
+    """(required keys, keys with their defaults) a profile fills. The gpu templates come from --stock-dir, so its keys
+    are the defaults, which cover the pinned release's templates exactly (tests check that), plus the agent's."""
+    used: set[str] = set()
+    if profile.uses_stock_models:
+        used |= set(profile.defaults)
+        sources = [ModelSource(MODEL_REPOSITORY / AGENT_MODEL, AGENT_MODEL)]
+    else:
+        sources = profile.sources(MODEL_REPOSITORY, None)
+    for source in sources:
+        config = source.folder / CONFIG_FILE
+        used |= find_placeholders(config.read_text(encoding="utf-8"), config)
+    required = sorted(used - set(profile.defaults))
+    return required, {key: profile.defaults[key] for key in sorted(used & set(profile.defaults))}
+
+
+def _keys_help(width: int = 116) -> str:
+    import textwrap
+
+    lines = []
+    for name, profile in PROFILES.items():
+        required, defaults = _profile_keys(profile)
+        lines.append(f"keys of the {name} profile (--set KEY=VALUE or --values):")
+        lines.append(textwrap.fill("required: " + ", ".join(required), width, initial_indent="  ",
+                                   subsequent_indent="    "))
+        shown = ", ".join(f"{key}={value!r}" if value == "" else f"{key}={value}" for key, value in defaults.items())
+        lines.append(textwrap.fill("with defaults: " + shown, width, initial_indent="  ", subsequent_indent="    ",
+                                   break_on_hyphens=False))
+    lines.append(textwrap.fill(
+        "Any parameter of function_calling_agent may be --set too, and is written into its config.pbtxt (README "
+        "\"Configuration\"): " + ", ".join(sorted(AGENT_PARAMETERS)), width, break_on_hyphens=False))
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.configure_repository",
         description="Assemble and fill a Triton model repository for the cpu or gpu profile.",
+        epilog=_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--profile", required=True, choices=sorted(PROFILES))
+    parser.add_argument("--profile", required=True, choices=sorted(PROFILES),
+                        help="cpu: our agent + the CPU engine; gpu: the stock TensorRT-LLM models + our agent")
     parser.add_argument("--output", required=True, help="directory to write the repository to")
     parser.add_argument("--stock-dir", help="gpu: the stock triton_backend/all_models/inflight_batcher_llm folder")
     parser.add_argument("--values", help="values file: a JSON object or KEY=VALUE lines")

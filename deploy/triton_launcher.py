@@ -39,6 +39,10 @@ DEFAULT_EXIT_TIMEOUT_S = 5
 _STUB_NAME = "triton_python_backend_stub"
 
 
+# The server is local: never send its requests through HTTP_PROXY (urllib would, unless NO_PROXY names the host).
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 class TritonLaunchError(RuntimeError):
     """The server could not be found, prepared, or brought to ready."""
 
@@ -309,12 +313,12 @@ class TritonServer:
 
     def _endpoints_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.urls['http']}/v2/health/ready", timeout=2) as response:
+            with _LOCAL.open(f"http://{self.urls['http']}/v2/health/ready", timeout=2) as response:
                 if response.status != 200:
                     return False
             with socket.create_connection((self.host, self.grpc_port), timeout=2):
                 pass
-            with urllib.request.urlopen(f"http://{self.urls['metrics']}/metrics", timeout=2) as response:
+            with _LOCAL.open(f"http://{self.urls['metrics']}/metrics", timeout=2) as response:
                 return response.status == 200
         except (urllib.error.URLError, ConnectionError, OSError):
             return False
@@ -348,7 +352,7 @@ class TritonServer:
         raise AssertionError("unreachable")
 
     def server_metadata(self) -> dict:
-        with urllib.request.urlopen(f"http://{self.urls['http']}/v2", timeout=5) as response:
+        with _LOCAL.open(f"http://{self.urls['http']}/v2", timeout=5) as response:
             return json.loads(response.read())
 
     def stop(self, timeout: float = 30.0) -> int | None:

@@ -264,3 +264,25 @@ def test_agent_parameters_no_template_uses_are_set_in_the_agent_config(tmp_path)
     assert parsed.limits.max_iterations == 3 and parsed.tool_path == ("/tools", "/more")
     with pytest.raises(ModelConfigError, match=r"'max_iteration' \(did you mean 'max_iterations'\?\)"):
         configure("cpu", tmp_path / "other", {**CPU_VALUES, "max_iteration": "3"})
+
+
+def test_help_lists_the_keys_of_each_profile_and_the_agent_parameters(capsys):
+    from deploy.configure_repository import CPU_DEFAULTS
+    from function_calling_agent.adapter.parameters import PARAMETERS
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    cpu = text[text.index("keys of the cpu profile"):text.index("keys of the gpu profile")]
+    gpu = text[text.index("keys of the gpu profile"):text.index("Any parameter of function_calling_agent")]
+    assert "required: model_dir, tokenizer_dir" in cpu
+    cpu_templates = [MODEL_REPOSITORY / "function_calling_agent" / "config.pbtxt",
+                     MODEL_REPOSITORY / "tensorrt_llm_cpu" / "config.pbtxt"]
+    for key in set().union(*(find_placeholders(p.read_text(encoding="utf-8")) for p in cpu_templates)):
+        assert (f"{key}={CPU_DEFAULTS[key]}" if key in CPU_DEFAULTS else key) in cpu, key
+    assert "required: tokenizer_dir" in gpu
+    for key, value in GPU_DEFAULTS.items():
+        assert f"{key}={value if value else repr(value)}" in gpu, key
+    agent = text[text.index("Any parameter of function_calling_agent"):]
+    assert all(name in agent for name in PARAMETERS)

@@ -69,6 +69,8 @@ CLIENT_INPUTS: Mapping[str, TensorSpec] = {
                                    "send the model's reasoning as reasoning_output (deltas when streaming)"),
     "enable_thinking": TensorSpec("TYPE_BOOL", np.bool_,
                                   "the chat template's thinking switch (Qwen3 hybrid); absent: the model's default"),
+    "list_tools": TensorSpec("TYPE_BOOL", np.bool_,
+                             "true: answer at once with tool_schemas (narrowed by tools); no prompt, no engine call"),
 }
 REQUIRED_INPUTS = ("max_tokens",)
 CLIENT_OUTPUTS: Mapping[str, str] = {
@@ -77,6 +79,7 @@ CLIENT_OUTPUTS: Mapping[str, str] = {
     "usage": "JSON: token counts, engine turns, tool calls, iterations, repair turns, reused prompt tokens, detail",
     "tool_trace": "JSON: every call and the conversation in OpenAI form, to continue it through messages",
     "reasoning_output": "the model's reasoning (<think> blocks) when return_reasoning is true: deltas when streaming",
+    "tool_schemas": "JSON: the OpenAI tool schemas the server offers (list_tools requests only)",
 }
 
 
@@ -162,8 +165,7 @@ def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_lim
         if max_iterations < 0:
             raise InvalidRequest(f"max_iterations must be >= 0, got {max_iterations}")
 
-    tools_texts = _texts(arrays, "tools", max_input_chars)
-    tools = _tools(tools_texts) if tools_texts is not None else None
+    tools = _tool_names(arrays, max_input_chars)
 
     stream = _scalar(arrays, "stream")
     return_trace = _scalar(arrays, "return_trace")
@@ -176,6 +178,32 @@ def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_lim
         return_reasoning=bool(return_reasoning) if return_reasoning is not None else False,
         enable_thinking=None if enable_thinking is None else bool(enable_thinking),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolListRequest:
+    tools: Optional[tuple[str, ...]]  # list only these (None: every tool the server offers)
+
+
+def decode_list_tools(inputs: Mapping[str, Optional[np.ndarray]], *, max_input_chars: int) -> Optional[ToolListRequest]:
+    """The request as a tool listing (`list_tools` true), or None when it is an agent request."""
+    arrays = {k: v for k, v in inputs.items() if v is not None}
+    if "list_tools" not in arrays:
+        return None
+    _check_array("list_tools", arrays["list_tools"])
+    if not _scalar(arrays, "list_tools"):
+        return None
+    for name in ("text_input", "messages"):
+        if name in arrays:
+            raise InvalidRequest(f"list_tools is answered on its own: send it without {name}")
+    if "tools" in arrays:
+        _check_array("tools", arrays["tools"])
+    return ToolListRequest(_tool_names(arrays, max_input_chars))
+
+
+def _tool_names(arrays, max_input_chars: int) -> Optional[tuple[str, ...]]:
+    texts = _texts(arrays, "tools", max_input_chars)
+    return _tools(texts) if texts is not None else None
 
 
 def _check_array(name: str, array: np.ndarray) -> None:
