@@ -164,6 +164,21 @@ def test_both_profiles_mount_the_tools_folder_and_read_tool_modules(tmp_path):
         assert '--set "tool_path=$TOOL_PATH"' in text, script
 
 
+def test_both_profiles_mount_the_mcp_folder_and_pass_the_servers_file(tmp_path):
+    for profile, service in (("gpu", "triton"), ("cpu", "triton-cpu")):
+        default = normalized_config(tmp_path, profile)["services"][service]
+        assert default["environment"]["MCP_SERVERS_FILE"] == ""  # no MCP servers unless named
+        mounts = {volume["target"]: volume for volume in default["volumes"]}
+        assert mounts["/mcp"]["source"] == str(ROOT / "mcp") and mounts["/mcp"]["read_only"]
+        mine = normalized_config(tmp_path, profile, MCP_CONFIG_DIR="/srv/mcp", MCP_SERVERS_FILE="/mcp/servers.yaml")
+        service_config = mine["services"][service]
+        assert service_config["environment"]["MCP_SERVERS_FILE"] == "/mcp/servers.yaml"
+        assert {v["target"]: v["source"] for v in service_config["volumes"]}["/mcp"] == "/srv/mcp"
+    for script in ("deploy/start_triton_gpu.sh", "deploy/start_triton_cpu.sh"):
+        text = (ROOT / script).read_text()
+        assert '[[ -n "${MCP_SERVERS_FILE:-}" ]] && configure_args+=(--set "mcp_servers=$MCP_SERVERS_FILE")' in text
+
+
 @pytest.mark.integration
 def test_the_cpu_service_command_serves_the_mounted_tools(tmp_path, tiny_llama_dir):
     """deploy/start_triton_cpu.sh with the environment compose gives triton-cpu; only the container's folders are
