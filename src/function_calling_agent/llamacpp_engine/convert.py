@@ -62,14 +62,15 @@ def _vocabulary(checkpoint: Path, n_vocab: int):
     import gguf
     from transformers import AutoTokenizer
 
-    path = checkpoint / "tokenizer.json"
-    if not path.is_file():
-        raise ConversionError(f"{checkpoint} has no tokenizer.json (a fast byte-level BPE tokenizer is required)")
-    tokenizer_json = json.loads(path.read_text(encoding="utf-8"))
-    if tokenizer_json.get("model", {}).get("type") != "BPE":
-        raise ConversionError(f"{path}: only BPE tokenizers are converted here, not "
-                              f"{tokenizer_json.get('model', {}).get('type')!r}; use an official GGUF build")
     tokenizer = AutoTokenizer.from_pretrained(os.fspath(checkpoint))
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConversionError(f"{checkpoint}: a fast (tokenizer.json) byte-level BPE tokenizer is required")
+    # The tokenizer as transformers builds it, which is what the agent uses: a model class may replace the
+    # pre-tokenizer of tokenizer.json (Qwen2's splits digits one by one).
+    tokenizer_json = json.loads(tokenizer.backend_tokenizer.to_str())
+    if tokenizer_json.get("model", {}).get("type") != "BPE":
+        raise ConversionError(f"{checkpoint}: only BPE tokenizers are converted here, not "
+                              f"{tokenizer_json.get('model', {}).get('type')!r}; use an official GGUF build")
     by_id = {index: token for token, index in tokenizer.get_vocab().items()}
     if max(by_id) >= n_vocab:
         raise ConversionError(f"the tokenizer has ids up to {max(by_id)} but the model only {n_vocab} embedding rows")
