@@ -173,6 +173,15 @@ def test_prefix_reuse_after_end_id_covers_prompt_and_whole_reply(make_engine):
     assert second.stats.reused_tokens == len(PROMPT) + len(first.token_ids)
 
 
+def test_a_request_sharing_a_prefix_leaves_the_longer_cached_sequence_intact(make_engine):
+    # A second conversation starting like the first must not cut the first one's cached later turns.
+    engine = make_engine()
+    first = engine.generate(GenerationRequest(PROMPT, 16), timeout=60)
+    assert engine.generate(GenerationRequest(PROMPT, 4), timeout=60).stats.reused_tokens == len(PROMPT) - 1
+    extended = PROMPT + first.token_ids + (5, 6)
+    assert engine.generate(GenerationRequest(extended, 4), timeout=60).stats.reused_tokens == len(PROMPT) + 15
+
+
 def test_request_is_never_fully_served_from_cache(make_engine):
     engine = make_engine()
     first = engine.generate(GenerationRequest(PROMPT, 8), timeout=60)

@@ -236,31 +236,43 @@ class LlamaCppEngine:
 
     def _start(self, seq: _Sequence, free: list[_Slot]) -> None:
         seq.sampler.observe(seq.tokens)
+        prompt = seq.request.input_ids
         # At least one prompt token is always evaluated: its logits pick the first new token.
         limit = seq.prompt_length - 1
+        source, best = None, 0
         if self.prefix_reuse_supported:
-            slot = max(free, key=lambda s: (min(_common_prefix(s.tokens, seq.request.input_ids), limit), -s.last_used))
-            own = min(_common_prefix(slot.tokens, seq.request.input_ids), limit)
-            source, best = slot, own
-            for other in self._slots:
-                length = min(_common_prefix(other.tokens, seq.request.input_ids), limit)
+            for slot in self._slots:  # running requests' prefixes count too: copying shares their cells
+                length = min(_common_prefix(slot.tokens, prompt), limit)
                 if length > best:
-                    source, best = other, length
+                    source, best = slot, length
+        # A free slot whose cached tokens all lead into this prompt loses nothing when taken (an agent's previous
+        # turn, an empty slot); otherwise the least recently used one gives up its cache. A longer cached
+        # sequence that only shares a prefix stays intact: the prefix is copied out of it.
+        covered = [s for s in free if _common_prefix(s.tokens, prompt) == len(s.tokens)]
+        if source is not None and source in covered:
+            target = source
+        elif covered:
+            target = max(covered, key=lambda s: len(s.tokens))
         else:
-            slot = min(free, key=lambda s: s.last_used)
-            source, best = slot, 0
+            target = min(free, key=lambda s: s.last_used)
         with self._cond:  # cached_sequences() reads slots from other threads
-            if source is slot:
-                if not self._model.truncate(slot.seq_id, best):
-                    self._model.clear(slot.seq_id)
+            if source is None or best == 0:
+                self._model.clear(target.seq_id)
+                target.tokens = []
+                best = 0
+            elif target is source:
+                if self._model.truncate(target.seq_id, best):
+                    del target.tokens[best:]
+                else:
+                    self._model.clear(target.seq_id)
+                    target.tokens = []
                     best = 0
-                del slot.tokens[best:]
             else:
-                self._model.clear(slot.seq_id)
-                self._model.copy_prefix(source.seq_id, slot.seq_id, best)
-                slot.tokens = list(source.tokens[:best])
-            slot.owner = seq
-        seq.slot = slot
+                self._model.clear(target.seq_id)
+                self._model.copy_prefix(source.seq_id, target.seq_id, best)
+                target.tokens = list(source.tokens[:best])
+            target.owner = seq
+        seq.slot = target
         seq.reused = best
 
     def _step(self, active: list[_Sequence]) -> None:
