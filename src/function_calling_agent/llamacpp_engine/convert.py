@@ -56,20 +56,20 @@ def _merges(tokenizer_json: dict) -> list[str]:
     return [m if isinstance(m, str) else " ".join(m) for m in merges]
 
 
-def _vocabulary(checkpoint: Path, n_vocab: int):
+def _vocabulary(tokenizer_dir: Path, n_vocab: int):
     """(tokens, token types, merges, pre-tokenizer, special ids) for a byte-level BPE tokenizer, padded to the
     model's `n_vocab` rows as llama.cpp requires (padding tokens are UNUSED and never produced)."""
     import gguf
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(os.fspath(checkpoint))
+    tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer_dir))
     if not getattr(tokenizer, "is_fast", False):
-        raise ConversionError(f"{checkpoint}: a fast (tokenizer.json) byte-level BPE tokenizer is required")
+        raise ConversionError(f"{tokenizer_dir}: a fast (tokenizer.json) byte-level BPE tokenizer is required")
     # The tokenizer as transformers builds it, which is what the agent uses: a model class may replace the
     # pre-tokenizer of tokenizer.json (Qwen2's splits digits one by one).
     tokenizer_json = json.loads(tokenizer.backend_tokenizer.to_str())
     if tokenizer_json.get("model", {}).get("type") != "BPE":
-        raise ConversionError(f"{checkpoint}: only BPE tokenizers are converted here, not "
+        raise ConversionError(f"{tokenizer_dir}: only BPE tokenizers are converted here, not "
                               f"{tokenizer_json.get('model', {}).get('type')!r}; use an official GGUF build")
     by_id = {index: token for token, index in tokenizer.get_vocab().items()}
     if max(by_id) >= n_vocab:
@@ -130,10 +130,12 @@ def _rope_scaling(config) -> str | None:
     return None if kind in (None, "default") else kind
 
 
-def write_gguf(checkpoint_dir: str | os.PathLike, output: str | os.PathLike, dtype: str = "f16") -> Path:
+def write_gguf(checkpoint_dir: str | os.PathLike, output: str | os.PathLike, dtype: str = "f16",
+               tokenizer_dir: str | os.PathLike | None = None) -> Path:
     """Write a Llama or Qwen2 Hugging Face checkpoint (safetensors + tokenizer.json) as one GGUF file.
 
     dtype: "f32" (exact; tests) or "f16" (the input of quantize_gguf). 1-D tensors (norms, biases) stay float32.
+    tokenizer_dir: where the tokenizer is, if not in the checkpoint (as transformers' AutoTokenizer loads it).
     Raises ConversionError for an architecture, rope scaling or tokenizer this converter does not cover.
     """
     import gguf
@@ -155,7 +157,7 @@ def write_gguf(checkpoint_dir: str | os.PathLike, output: str | os.PathLike, dty
     n_head_kv = getattr(config, "num_key_value_heads", None) or n_head
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
     names = gguf.get_tensor_name_map(arch, n_layer)
-    tokens, types, merges, pre, special = _vocabulary(checkpoint, config.vocab_size)
+    tokens, types, merges, pre, special = _vocabulary(Path(tokenizer_dir or checkpoint), config.vocab_size)
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
