@@ -144,7 +144,9 @@ def run_until(engine, request: GenerationRequest, budget_s: float):
 
 def measure_engine(engine, prompt: tuple[int, ...], new_tokens: int, prefill_budget_s: float,
                    decode_budget_s: float) -> EngineSpeed:
-    """The same two requests on either engine (both have GenerationEngine's submit interface)."""
+    """The same two requests on either engine (both have GenerationEngine's submit interface), after a short
+    warm-up request (first-touch costs: weight pages, allocator, thread pool)."""
+    run_until(engine, GenerationRequest(tuple(reversed(prompt[:32])), 4), decode_budget_s)
     # 1) Prefill (in the engine's chunks; a slow configuration is cut at the budget between chunks).
     stats, first, _, _, start = run_until(engine, GenerationRequest(prompt, 1), prefill_budget_s)
     prefilled = stats.prefilled_tokens

@@ -483,6 +483,18 @@ def test_resolve_gguf_from_a_file_a_checkpoint_and_the_hub(tiny_llama_dir, tiny_
     with pytest.raises(GgufUnavailable, match="cannot reach the Hugging Face hub to fetch Qwen/Qwen2.5-1.5B-Instruct"):
         resolve_gguf("Qwen/Qwen2.5-1.5B-Instruct", cache_dir=tmp_path / "cache", allow_download=False)
 
+    # The CLI scripts call (JSON on stdout, the reason on stderr and exit status 2 when there is no GGUF).
+    command = [sys.executable, "-m", "function_calling_agent.llamacpp_engine.resolve", "--cache-dir",
+               str(tmp_path / "cache")]
+    done = subprocess.run(command + [tiny_llama_gguf, "--tokenizer", hermes_tokenizer_dir], capture_output=True,
+                          text=True, timeout=120, check=True)
+    assert json.loads(done.stdout) == {"gguf_path": tiny_llama_gguf, "tokenizer_dir": str(Path(hermes_tokenizer_dir)
+                                                                                          .resolve()),
+                                       "origin": "local GGUF file"}
+    offline = subprocess.run(command + ["--offline", "Qwen/Qwen2.5-0.5B-Instruct"], capture_output=True, text=True,
+                             timeout=120)
+    assert offline.returncode == 2 and "local .gguf file with its tokenizer directory" in offline.stderr
+
 
 # ---- config -------------------------------------------------------------------------------------------------------
 

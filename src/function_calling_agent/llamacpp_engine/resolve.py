@@ -156,3 +156,32 @@ def resolve_gguf(model: str, *, tokenizer_dir: str | os.PathLike | None = None,
     if tokenizer_dir is not None:
         return GgufModel(resolved.gguf_path, Path(tokenizer_dir).expanduser().resolve(), resolved.origin)
     return resolved
+
+
+def main(argv=None) -> int:
+    """CLI for scripts (e.g. the compose service): print {"gguf_path", "tokenizer_dir", "origin"} as JSON."""
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m function_calling_agent.llamacpp_engine.resolve",
+                                     description="Find or make the GGUF file and tokenizer the llama.cpp engine serves.")
+    parser.add_argument("model", help="a .gguf file, a Hugging Face checkpoint directory, or a hub model id")
+    parser.add_argument("--tokenizer", help="tokenizer directory (required with a .gguf file)")
+    parser.add_argument("--cache-dir", default=".serve/gguf")
+    parser.add_argument("--quant", default=DEFAULT_QUANT)
+    parser.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub")
+    args = parser.parse_args(argv)
+    try:
+        resolved = resolve_gguf(args.model, tokenizer_dir=args.tokenizer, cache_dir=args.cache_dir, quant=args.quant,
+                                allow_download=not args.offline, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except GgufUnavailable as exc:
+        print(f"resolve: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"gguf_path": str(resolved.gguf_path), "tokenizer_dir": str(resolved.tokenizer_dir),
+                      "origin": resolved.origin}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
