@@ -78,6 +78,7 @@ _NAME_STATEMENT = re.compile(r"^(\s*name\s*:\s*)(\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^
 _AGENT_DEFAULTS = {
     "agent_instance_count": "1",
     "tool_modules": DEFAULT_TOOL_MODULES,
+    "mcp_servers": "",
 }
 
 CPU_DEFAULTS: Mapping[str, str] = {

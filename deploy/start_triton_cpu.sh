@@ -6,6 +6,7 @@
 # Environment: HF_MODEL (default Qwen/Qwen2.5-1.5B-Instruct, as ./serve.sh), HF_REVISION (main), CHECKPOINT_DIR
 # (/checkpoints/<model name>), MODEL_REPOSITORY_DIR (/tmp/model_repository), CONFIGURE_VALUES (optional values
 # file), HTTP_PORT/GRPC_PORT/METRICS_PORT (8000/8001/8002). HF_TOKEN is honoured for gated models.
+# MCP_SERVERS_FILE (optional): the agent's mcp_servers file (docs/mcp.md).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,6 +20,7 @@ repository="${MODEL_REPOSITORY_DIR:-/tmp/model_repository}"
 
 configure_args=(--profile cpu --output "$repository" --force)
 [[ -n "${CONFIGURE_VALUES:-}" ]] && configure_args+=(--values "$CONFIGURE_VALUES")
+[[ -n "${MCP_SERVERS_FILE:-}" ]] && configure_args+=(--set "mcp_servers=$MCP_SERVERS_FILE")
 python -m deploy.configure_repository "${configure_args[@]}" \
     --set "tokenizer_dir=$checkpoint_dir" \
     --set "model_dir=$checkpoint_dir"

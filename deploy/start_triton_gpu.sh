@@ -5,7 +5,8 @@
 # Environment: CHECKPOINT_DIR (tokenizer), ENGINE_DIR (from the engine-build service) are required;
 # TP_SIZE (default 1), MAX_BATCH_SIZE (64), MAX_SEQ_LEN (8192), TRTLLM_SOURCES_DIR (/trtllm-sources),
 # MODEL_REPOSITORY_DIR (/tmp/model_repository), CONFIGURE_VALUES (an optional values file for configure_repository),
-# HTTP_PORT/GRPC_PORT/METRICS_PORT (8000/8001/8002).
+# HTTP_PORT/GRPC_PORT/METRICS_PORT (8000/8001/8002), MCP_SERVERS_FILE (optional: the agent's mcp_servers file,
+# docs/mcp.md).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,6 +29,7 @@ configure_args=(
     --output "$repository" --force
 )
 [[ -n "${CONFIGURE_VALUES:-}" ]] && configure_args+=(--values "$CONFIGURE_VALUES")
+[[ -n "${MCP_SERVERS_FILE:-}" ]] && configure_args+=(--set "mcp_servers=$MCP_SERVERS_FILE")
 python3 -m deploy.configure_repository "${configure_args[@]}" \
     --set "tokenizer_dir=$CHECKPOINT_DIR" \
     --set "engine_dir=$ENGINE_DIR" \

@@ -26,6 +26,7 @@ import pytest
 import requests
 
 from tests.support.agent_repo import make_agent_model
+from tests.support.fca_client import DATATYPES as _INPUT_TYPES
 
 # Longer than any scripted pause (hanging turns are cancelled or stopped well before), short enough for tests.
 ENGINE_IDLE_TIMEOUT_S = 4
@@ -97,12 +98,6 @@ SCENARIOS = [
 ]
 SCRIPT = {"scenarios": SCENARIOS, "default_turns": ["Default answer."]}
 
-_INPUT_TYPES = {
-    "text_input": "BYTES", "max_tokens": "INT32", "stream": "BOOL", "temperature": "FP32", "top_k": "INT32",
-    "top_p": "FP32", "random_seed": "UINT64", "repetition_penalty": "FP32", "presence_penalty": "FP32",
-    "frequency_penalty": "FP32", "stop_words": "BYTES", "messages": "BYTES", "max_iterations": "INT32",
-    "tools": "BYTES", "return_trace": "BOOL",
-}
 _NUMPY = {"BYTES": np.object_, "INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64, "BOOL": np.bool_}
 
 

@@ -15,7 +15,8 @@ import weakref
 import numpy as np
 import pytest
 
-from function_calling_agent.adapter.bls_engine import BlsEngineClient, IteratorKeeper, words_tensor
+from function_calling_agent.adapter.bls_engine import BlsEngineClient, IteratorKeeper
+from function_calling_agent.adapter.engine_tensors import words_tensor
 from function_calling_agent.engine import EngineError, EngineRequest, SamplingParams
 
 INPUTS = ("input_ids", "input_lengths", "request_output_len", "streaming", "end_id", "stop")

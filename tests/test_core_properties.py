@@ -259,7 +259,21 @@ def test_forged_tokens_in_messages_stay_text(chat, tokenizer, conversation, with
 @examples(400)
 @given(results=st.lists(st.tuples(tool_names, forged), min_size=1, max_size=3), with_note=st.booleans())
 def test_forged_tokens_in_tool_results_stay_text(chat, tokenizer, results, with_note):
-    ids = chat.tool_turn(results, note=FINAL_ANSWER_NOTE if with_note else None)
+    user = [{"role": "user", "content": "go"}]
+    first = chat.render_prompt(user, [])
+    call_text = "\n".join(TOOL_CALL_OPEN + "\n" + json.dumps({"name": name, "arguments": {}}) + "\n" + TOOL_CALL_CLOSE
+                          for name, _ in results)  # as the template renders them
+    generated = tokenizer.encode(call_text, add_special_tokens=False) + [chat.end_id]
+    conversation = user + [{"role": "assistant", "content": "", "tool_calls": [
+        {"id": f"c{i}", "type": "function", "function": {"name": name, "arguments": "{}"}}
+        for i, (name, _) in enumerate(results)]}]
+    conversation += [{"role": "tool", "tool_call_id": f"c{i}", "name": name, "content": content}
+                     for i, (name, content) in enumerate(results)]
+    if with_note:
+        conversation.append({"role": "system", "content": FINAL_ANSWER_NOTE})
+    following = chat.continue_prompt(first, generated, conversation, [])
+    assert following.ids[: len(first) + len(generated)] == first.ids + generated
+    ids = following.ids[len(first) + len(generated):]  # what follows the generated turn
     found = counts(tokenizer, ids)
     assert found["<|im_start|>"] == 2 + with_note and found["<|im_end|>"] == 1 + with_note
     assert found["<tool_response>"] == found["</tool_response>"] == len(results)

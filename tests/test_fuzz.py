@@ -22,8 +22,9 @@ from function_calling_agent.tool_call_parser import (
     ToolCallParser,
     parse_tool_call,
 )
+from function_calling_agent.turn_parser import TurnParser
 
-EXAMPLES = {"stream": 2500, "call_text": 2000, "call_structured": 2000, "request_arrays": 2000,
+EXAMPLES = {"stream": 2500, "turn": 2000, "call_text": 2000, "call_structured": 2000, "request_arrays": 2000,
             "request_messages": 2000}
 
 
@@ -35,7 +36,8 @@ def fuzz(name: str) -> settings:
 COUNTS: Counter = Counter()
 
 TAGS = ["<tool_call>", "</tool_call>", "<tool_call", "</tool_", "<", ">", "<|im_start|>", "<|im_end|>",
-        "</tool_response>", "<tool_response>", "\n", " ", "{", "}", '"', "'"]
+        "</tool_response>", "<tool_response>", "\n", " ", "{", "}", '"', "'", '{"name": "f", "arguments": {}}',
+        '"name"', ": ", "\\", "[", "]"]
 
 
 # ---- the streaming <tool_call> parser ----------------------------------------------------------------------------
@@ -43,13 +45,14 @@ fragments = st.lists(st.one_of(st.sampled_from(TAGS), st.text(max_size=12)), max
 
 
 @fuzz("stream")
-@given(text=fragments, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12))
-def test_stream_parser_never_raises_and_ignores_chunking(text, cuts):
+@given(text=fragments, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+       tool_names=st.sampled_from([(), ("f", "g")]))
+def test_stream_parser_never_raises_and_ignores_chunking(text, cuts, tool_names):
     COUNTS["stream"] += 1
-    whole = ToolCallParser()
+    whole = ToolCallParser(tool_names)
     answer = whole.feed(text) + whole.finish()
 
-    chunked = ToolCallParser()
+    chunked = ToolCallParser(tool_names)
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
     pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
     chunked_answer = "".join(chunked.feed(piece) for piece in pieces) + chunked.finish()
@@ -60,6 +63,24 @@ def test_stream_parser_never_raises_and_ignores_chunking(text, cuts):
             parse_tool_call(body)
         except ToolCallFormatError:
             pass
+
+
+@fuzz("turn")
+@given(text=st.lists(st.one_of(st.sampled_from(TAGS + ["<think>", "</think>", "</thi", "<th"]), st.text(max_size=8)),
+                     max_size=30).map("".join),
+       cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+       tool_names=st.sampled_from([(), ("f",)]), think=st.booleans(), opened=st.booleans())
+def test_turn_parser_ignores_chunking(text, cuts, tool_names, think, opened):
+    COUNTS["turn"] += 1
+
+    def run(pieces):
+        parser = TurnParser(tool_names, think=think, in_reasoning=opened and think)
+        deltas = [d for piece in pieces for d in parser.feed(piece)] + parser.finish()
+        joined = {kind: "".join(t for k, t in deltas if k == kind) for kind in ("reasoning", "answer")}
+        return joined, parser.calls, parser.unterminated
+
+    bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    assert run([text]) == run([text[a:b] for a, b in zip(bounds, bounds[1:])])
 
 
 def test_stream_parser_never_releases_a_tool_tag_as_answer_text():

@@ -31,6 +31,8 @@ SCRIPT = {
         {"name": "unknown", "match": "UNKNOWN_TOOL", "turns": [call("delete_everything"), "Cannot."]},
         {"name": "loops", "match": "LOOPS", "turns": [call("get_company_news", symbol="RIVN")]},
         {"name": "engine_down", "match": "ENGINE_DOWN", "turns": ["never"], "fail_at_turn": 0},
+        {"name": "empty_after_tool", "match": "EMPTY_AFTER_TOOL",
+         "turns": [call("get_current_stock_price", symbol="RIVN"), ""]},  # then only the end token
         {"name": "slow_answer", "match": "SLOW_ANSWER",
          "turns": ["one two three four five six seven eight nine ten"], "token_latency_ms": 150},
     ],
@@ -45,6 +47,7 @@ FAMILIES = {
     "fca_time_to_first_token_seconds": "histogram",
     "fca_active_requests": "gauge",
     "fca_abandoned_tool_threads": "gauge",
+    "fca_empty_answers_total": "counter",
 }
 
 
@@ -85,6 +88,7 @@ def test_counts_after_known_traffic(server):
         "bad_args": [ask(server, "BAD_ARGS please")],
         "unknown": [ask(server, "UNKNOWN_TOOL please")],
         "loops": [ask(server, "LOOPS please", max_iterations=1)],
+        "empty": [ask(server, "EMPTY_AFTER_TOOL please")],
         "invalid": [stream_request(server.grpc_url, make_inputs({"text_input": "hi", "max_tokens": 0}))],
         "engine_down": [ask(server, "ENGINE_DOWN please")],
         "cancelled": [stream_request(server.grpc_url, make_inputs({"text_input": "SLOW_ANSWER", "max_tokens": 64,
@@ -100,24 +104,28 @@ def test_counts_after_known_traffic(server):
             else:
                 assert result.finals == 1 and result.error is None, (kind, result)
     assert outcomes["loops"][0].finish_reason == "incomplete"
+    empty = outcomes["empty"][0]
+    assert empty.finish_reason == "stop" and empty.text == ""
+    assert empty.final["usage"]["detail"].startswith("empty answer: the model ended its turn without an answer")
     after = wait_idle(server)
 
-    assert delta("fca_requests_total", model=MODEL, outcome="stop") == 7
+    assert delta("fca_empty_answers_total", model=MODEL) == 1
+    assert delta("fca_requests_total", model=MODEL, outcome="stop") == 8
     assert delta("fca_requests_total", model=MODEL, outcome="incomplete") == 1
     assert delta("fca_requests_total", model=MODEL, outcome="invalid") == 1
     assert delta("fca_requests_total", model=MODEL, outcome="error") == 1
     assert delta("fca_requests_total", model=MODEL, outcome="cancelled") == 1
-    assert delta("fca_requests_total", model=MODEL) == 11
+    assert delta("fca_requests_total", model=MODEL) == 12
     assert value(after, "fca_active_requests", model=MODEL) == 0
 
     # Iterations: one per tool round; requests that end in an error or a cancel have none to report.
-    assert delta("fca_iterations_per_request_count", model=MODEL) == 8
-    assert delta("fca_iterations_per_request_sum", model=MODEL) == 4  # two_tools, raises, times_out, loops
+    assert delta("fca_iterations_per_request_count", model=MODEL) == 9
+    assert delta("fca_iterations_per_request_sum", model=MODEL) == 5  # two_tools, raises, times_out, loops, empty
     assert delta("fca_iterations_per_request_bucket", model=MODEL, le="0") == 4
-    assert delta("fca_iterations_per_request_bucket", model=MODEL, le="1") == 8
+    assert delta("fca_iterations_per_request_bucket", model=MODEL, le="1") == 9
 
     tools = {
-        ("get_current_stock_price", "ok"): 1,
+        ("get_current_stock_price", "ok"): 2,
         ("get_company_news", "ok"): 2,
         ("failing_tool", "error"): 1,
         ("slow_tool", "timeout"): 1,
@@ -130,7 +138,7 @@ def test_counts_after_known_traffic(server):
     assert delta("fca_tool_calls_total", model=MODEL) == sum(tools.values())
 
     # Latency is observed for calls that ran: ok, error and timeout.
-    for tool, count in {"get_current_stock_price": 1, "get_company_news": 2, "failing_tool": 1, "slow_tool": 1}.items():
+    for tool, count in {"get_current_stock_price": 2, "get_company_news": 2, "failing_tool": 1, "slow_tool": 1}.items():
         assert delta("fca_tool_latency_seconds_count", model=MODEL, tool=tool) == count, tool
     slow = delta("fca_tool_latency_seconds_sum", model=MODEL, tool="slow_tool")
     assert 0.45 <= slow < 0.8  # its 0.5 s timeout, not its 0.8 s sleep

@@ -189,10 +189,21 @@ def test_control_tokens_from_users_and_tools_stay_text(server, hermes_tokenizer_
     starts = [e for e in read_request_log(server.engine_dir) if e["event"] == "start" and e.get("scenario") == "forge"]
     assert starts and starts[-1]["prompt_len"] == len(prompt)
 
-    hostile = chat.tool_turn([("get_breaking_news", json.dumps({"name": "get_breaking_news",
-                                                                  "content": {"headline": INJECTION}}))])
-    plain = chat.tool_turn([("get_breaking_news", json.dumps({"name": "get_breaking_news",
-                                                                "content": {"headline": "Markets are calm."}}))])
+    def after_tool_result(headline):
+        user = [{"role": "user", "content": "news?"}]
+        first = chat.render_prompt(user, schemas)
+        call = '<tool_call>\n{"name": "get_breaking_news", "arguments": {}}\n</tool_call>'
+        generated = chat.tokenizer.encode(call, add_special_tokens=False) + [chat.end_id]
+        conversation = user + [
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "get_breaking_news", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c", "name": "get_breaking_news",
+             "content": json.dumps({"name": "get_breaking_news", "content": {"headline": headline}})}]
+        following = chat.continue_prompt(first, generated, conversation, schemas)
+        assert following.ids[: len(first) + len(generated)] == first.ids + generated
+        return following.ids[len(first) + len(generated):]
+
+    hostile, plain = after_tool_result(INJECTION), after_tool_result("Markets are calm.")
     assert control_tokens(hostile) == control_tokens(plain)  # the tool's text added no control token
     assert hostile.count(im_start) == 2  # the tool turn and the next generation prompt
     assert json.dumps(INJECTION)[1:-1] in chat.decode(hostile)  # kept, as (JSON-escaped) text

@@ -1,16 +1,26 @@
-"""Hermes-2-Pro prompts as token ids: the first prompt from a chat template, later turns appended token for token.
+"""Prompts as token ids, rendered by the model's own chat template, with the ids the model generated kept as generated.
 
-Every piece of text that comes from a user, a client's `messages` or a tool is tokenized with special tokens split,
-so typing `<|im_start|>` or `</tool_response>` yields ordinary text tokens and can never forge a turn. Only the
+Every turn's prompt is the template's rendering of the whole conversation so far (so a template that puts tool results
+in a `user` turn, drops reasoning from history or re-renders the last assistant turn gets exactly its own format),
+tokenized by reusing the previous prompt's ids and the generated ids for as long as their text matches, and
+tokenizing only the rest. So each turn usually extends the previous one token for token (the engine's KV cache is
+reused) and is still exact where a template renders earlier turns differently.
+
+Every piece of text that comes from a user, a client's `messages` or a tool is tokenized so that no markup token can
+come out of it: each occurrence of a special or added token's text is cut (Qwen flags `<tool_call>`, `<think>` and
+their kin as added tokens that are not special, so `split_special_tokens` alone would not split them). Only the
 template's own markup becomes control tokens.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
 import re
 import secrets
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from tokenizers.decoders import DecodeStream
 
@@ -54,12 +64,18 @@ BUILTIN_HERMES_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+BUILTIN = "builtin"
 
 # Told to the model when it must answer without further tool calls (iteration limit, repair limit or deadline).
 FINAL_ANSWER_NOTE = (
     "Tool calls are no longer available for this request. Answer the user's question now with the information you "
     "already have, and say what you could not find out."
 )
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+# Token texts that end an assistant turn when the model generates them (those the tokenizer has).
+_TURN_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|im_start|>")
 
 _PROBE_TOOL = {
     "type": "function",
@@ -72,80 +88,267 @@ _PROBE_TOOL = {
 
 
 class ChatTemplateError(ValueError):
-    """The chat template cannot render a Hermes tool conversation."""
+    """The chat template cannot render a tool conversation, or altered content it must copy through."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplateInfo:
+    """Which template is used (`tokenizer`, `tokenizer:tool_use`, `builtin` or `file:<path>`) and a short hash."""
+
+    source: str
+    sha: str
+
+    def __str__(self) -> str:
+        return f"{self.source} sha256:{self.sha}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReasoningFormat:
+    """How the template handles reasoning (`<think>` blocks), found by rendering it at load.
+
+    `opens_in_prompt[v]`: the generation prompt for `enable_thinking=v` (None: not passed) ends inside an open think
+    block, so the model's turn starts with reasoning (QwQ, Qwen3 *-Thinking). `switch`: the template reacts to
+    `enable_thinking` (Qwen3 hybrid).
+    """
+
+    opens_in_prompt: dict
+    switch: bool
+    has_think_tokens: bool
+
+    def starts_in_reasoning(self, enable_thinking: Optional[bool]) -> bool:
+        return self.opens_in_prompt.get(enable_thinking, False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Block:
+    """Consecutive prompt ids and their text; `generated` blocks hold ids exactly as the engine generated them."""
+
+    ids: tuple[int, ...]
+    text: str
+    generated: bool
+
+
+class Prompt:
+    """A prompt as token ids, kept as blocks of rendered and generated ids with their text."""
+
+    __slots__ = ("blocks", "ids", "text")
+
+    def __init__(self, blocks: Iterable[_Block]):
+        self.blocks = tuple(b for b in blocks if b.ids)
+        self.ids: list[int] = [i for b in self.blocks for i in b.ids]
+        self.text = "".join(b.text for b in self.blocks)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self):
+        return iter(self.ids)
+
+    def __getitem__(self, index):
+        return self.ids[index]
+
+    def count(self, token_id: int) -> int:
+        return self.ids.count(token_id)
+
+    def reused_from(self, other: "Prompt") -> int:
+        """How many leading ids this prompt shares with `other` (the engine can reuse their KV cache)."""
+        n = 0
+        for a, b in zip(self.ids, other.ids):
+            if a != b:
+                break
+            n += 1
+        return n
 
 
 class ChatFormat:
-    """Renders conversations for one tokenizer and keeps the token form canonical."""
+    """Renders conversations for one tokenizer and one chat template and keeps the token form canonical.
 
-    def __init__(self, tokenizer, chat_template: Optional[str] = None):
+    `chat_template`: None uses the tokenizer's own template (its `tool_use` entry when it has several), `"builtin"`
+    the built-in Hermes-2-Pro tool template, any other string is template text. `extra_end_ids`: the checkpoint's
+    `generation_config.json` end ids. Raises `ChatTemplateError` when the template cannot render tool conversations.
+    """
+
+    def __init__(self, tokenizer, chat_template: Optional[str] = None, *, template_source: Optional[str] = None,
+                 extra_end_ids: Iterable[int] = ()):
         self.tokenizer = tokenizer
-        self.template = chat_template or self._pick_template(tokenizer)
+        self.template, source = self._pick_template(tokenizer, chat_template)
+        self.template_info = TemplateInfo(template_source or source,
+                                          hashlib.sha256(self.template.encode("utf-8")).hexdigest()[:12])
         self.end_id = _required_token_id(tokenizer, "<|im_end|>")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id
-        # Any of these ends an assistant turn: the engine's end token, or the model starting a new turn.
-        self.stop_ids = frozenset(
-            i for i in (self.end_id, tokenizer.eos_token_id, _token_id(tokenizer, "<|im_start|>"),
-                        _token_id(tokenizer, "<|eot_id|>"), _token_id(tokenizer, "<|end_of_text|>"))
-            if i is not None
-        )
-        # Special tokens that must reach the parser as text; every other special token is dropped from the answer.
-        self.tool_tag_ids = frozenset(
-            i for i in (_token_id(tokenizer, "<tool_call>"), _token_id(tokenizer, "</tool_call>")) if i is not None
-        )
-        self.dropped_ids = frozenset(tokenizer.all_special_ids) - self.tool_tag_ids - self.stop_ids
-        self.tool_call_words = tuple(
-            tuple(self.tokenizer.encode(word, add_special_tokens=False)) for word in ("<tool_call>",)
-        )
-        self._newline_ids = self.tokenizer.encode("\n", add_special_tokens=False)
-        self._check_template()
+        # Every id that ends the model's turn: its end token, the tokenizer's eos, the checkpoint's
+        # generation_config end ids, other end-of-text tokens, and <|im_start|> (the model starting a new turn).
+        candidates = [self.end_id, tokenizer.eos_token_id, *extra_end_ids,
+                      *(_token_id(tokenizer, t) for t in _TURN_END_TOKENS)]
+        self.stop_ids = frozenset(i for i in candidates if i is not None)
+        # The markup the parsers read as text; every other special token is dropped from decoded text.
+        self.markup_ids = frozenset(
+            i for i in (_token_id(tokenizer, t) for t in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE, THINK_OPEN, THINK_CLOSE))
+            if i is not None)
+        self.dropped_ids = frozenset(tokenizer.all_special_ids) - self.markup_ids - self.stop_ids
+        self.tool_call_words = (tuple(self.tokenizer.encode(TOOL_CALL_OPEN, add_special_tokens=False)),)
+        # Single-token stop words for the engine: every turn end except the end_id it is told directly.
+        self.stop_words = tuple((i,) for i in sorted(self.stop_ids - {self.end_id}))
+        markup = sorted((t for t in tokenizer.get_added_vocab() if len(t) >= 2), key=len, reverse=True)
+        self._markup_pattern = re.compile("|".join(re.escape(t) for t in markup)) if markup else None
+        self._check_renders_tools()
+        self.reasoning = self._probe_reasoning()
+        # The role of the final-answer note after tool results: system where the template renders a system message
+        # there, else user (templates that only render a leading system message would drop it).
+        self.note_role = "system" if self._renders_late_system() else "user"
 
-    # ---- template choice -------------------------------------------------------------------------------------
+    # ---- template choice ------------------------------------------------------------------------------------------
     @staticmethod
-    def _pick_template(tokenizer) -> str:
+    def _pick_template(tokenizer, chat_template: Optional[str]) -> tuple[str, str]:
+        if chat_template == BUILTIN:
+            return BUILTIN_HERMES_TEMPLATE, BUILTIN
+        if chat_template:
+            return chat_template, "given"
         template = getattr(tokenizer, "chat_template", None)
         if isinstance(template, dict):
-            template = template.get("tool_use")
-        if isinstance(template, str) and _renders_tools(tokenizer, template):
-            return template
-        return BUILTIN_HERMES_TEMPLATE
+            if "tool_use" in template:
+                return template["tool_use"], "tokenizer:tool_use"
+            template = template.get("default")
+        if not isinstance(template, str) or not template.strip():
+            raise ChatTemplateError(
+                "the tokenizer has no chat template: set the chat_template parameter to 'builtin' (the Hermes-2-Pro "
+                "tool format) or to a .jinja file")
+        return template, "tokenizer"
 
-    def _check_template(self) -> None:
-        if not _renders_tools(self.tokenizer, self.template):
-            raise ChatTemplateError("the chat template does not render tools and tool calls in the Hermes format")
+    def _check_renders_tools(self) -> None:
+        messages = [
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "call_0", "type": "function", "function": {"name": "probe_tool", "arguments": {"x": "1"}}}]},
+            {"role": "tool", "tool_call_id": "call_0", "name": "probe_tool", "content": "RESULT-0"},
+        ]
+        where = f"the {self.template_info.source} chat template"
+        try:
+            text = self._apply(messages, [_PROBE_TOOL], True)
+            self._apply(messages[:1], [], True)  # narrowed to no tools (templates may loop over tools regardless)
+        except Exception as exc:
+            raise ChatTemplateError(f"{where} fails to render a tool conversation ({type(exc).__name__}: {exc}); set "
+                                    "the chat_template parameter to 'builtin' or to a .jinja file") from None
+        missing = [part for part in ("probe_tool", TOOL_CALL_OPEN, "<tool_response>", "RESULT-0") if part not in text]
+        if missing:
+            raise ChatTemplateError(
+                f"{where} does not render tools, tool calls and tool results in the Hermes format (missing "
+                f"{', '.join(missing)}); set the chat_template parameter to 'builtin' (the Hermes-2-Pro tool format) "
+                "or to a .jinja file")
+        if not self.generation_prompt(None).strip():
+            raise ChatTemplateError(f"{where} renders no generation prompt (add_generation_prompt has no effect)")
 
-    # ---- rendering ------------------------------------------------------------------------------------------
-    def render_prompt(self, messages: Sequence[dict], tools: Sequence[dict]) -> list[int]:
-        """Token ids of the whole conversation, ending with the assistant generation prompt."""
-        masked, contents = _mask_contents(messages)
-        text = self._apply(masked, tools=list(tools) or None, add_generation_prompt=True)
-        return self._encode_masked(text, contents)
+    def _renders_late_system(self) -> bool:
+        messages = [
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "call_0", "type": "function", "function": {"name": "probe_tool", "arguments": {}}}]},
+            {"role": "tool", "tool_call_id": "call_0", "name": "probe_tool", "content": "RESULT-0"},
+            {"role": "system", "content": "NOTE-PROBE"},
+        ]
+        try:
+            return "NOTE-PROBE" in self._apply(messages, [_PROBE_TOOL], True)
+        except Exception:
+            return False
 
-    def close_assistant_turn(self, generated_ids: Sequence[int]) -> list[int]:
-        """Ids to append after a generated turn so it ends `<|im_end|>\\n`, whether or not the engine sent the end."""
-        if generated_ids and generated_ids[-1] == self.end_id:
-            return list(self._newline_ids)
-        return [self.end_id, *self._newline_ids]
+    def generation_prompt(self, enable_thinking: Optional[bool]) -> str:
+        """The text the template adds for `add_generation_prompt`, after a user message."""
+        messages = [{"role": "user", "content": "hello"}]
+        with_prompt = self._apply(messages, [], True, enable_thinking)
+        without = self._apply(messages, [], False, enable_thinking)
+        return with_prompt[len(without):] if with_prompt.startswith(without) else ""
 
-    def tool_turn(self, results: Sequence[tuple[str, str]], note: Optional[str] = None) -> list[int]:
-        """Ids of the tool turn for `(tool name, content)` results, then the assistant generation prompt.
+    def _probe_reasoning(self) -> ReasoningFormat:
+        prompts = {value: self.generation_prompt(value) for value in (None, True, False)}
+        opens = {value: _opens_think(text) for value, text in prompts.items()}
+        return ReasoningFormat(opens_in_prompt=opens, switch=prompts[True] != prompts[False],
+                               has_think_tokens=_token_id(self.tokenizer, THINK_CLOSE) is not None)
 
-        Rendered by the chat template itself as the difference between a conversation with and without the tool
-        messages, so a model whose template puts tool results elsewhere (e.g. a `user` turn) gets its own format.
+    # ---- rendering ------------------------------------------------------------------------------------------------
+    def render_prompt(self, messages: Sequence[dict], tools: Sequence[dict], *,
+                      enable_thinking: Optional[bool] = None) -> Prompt:
+        """The whole conversation, ending with the assistant generation prompt."""
+        pieces = self._render_pieces(messages, tools, enable_thinking)
+        return Prompt([self._encode_pieces(pieces)])
+
+    def continue_prompt(self, prompt: Prompt, generated_ids: Sequence[int], messages: Sequence[dict],
+                        tools: Sequence[dict], *, enable_thinking: Optional[bool] = None) -> Prompt:
+        """The next turn's prompt after the model generated `generated_ids` on `prompt`.
+
+        `messages` is the whole conversation so far, ending with what follows the generated turn (tool results).
+        The result's text is the template's rendering of `messages`; its ids are the ids of `prompt` and
+        `generated_ids` for as long as their text matches (generated ids stay as generated, also when the template
+        drops text around them), then the rest of the rendering, tokenized.
         """
-        calls = [{"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": "{}"}}
-                 for i, (name, _) in enumerate(results)]
-        before = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "", "tool_calls": calls}]
-        added = [{"role": "tool", "tool_call_id": f"call_{i}", "name": name, "content": content}
-                 for i, (name, content) in enumerate(results)]
-        if note:
-            added.append({"role": "system", "content": note})
-        masked_after, contents = _mask_contents(before + added)
-        head = self._apply(masked_after[: len(before)], tools=None, add_generation_prompt=False)
-        full = self._apply(masked_after, tools=None, add_generation_prompt=True)
-        if not full.startswith(head):
-            raise ChatTemplateError("the chat template renders earlier turns differently once tool results follow")
-        return self._encode_masked(full[len(head):], contents)
+        pieces = self._render_pieces(messages, tools, enable_thinking)
+        target = "".join(text for text, _ in pieces)
+        old = list(prompt.blocks) + [_Block(tuple(generated_ids), self.decode(generated_ids), True)]
+        kept: list[_Block] = []
+        pos = 0
+        i = 0
+        while i < len(old):
+            block = old[i]
+            if target.startswith(block.text, pos):
+                kept.append(block)
+                pos += len(block.text)
+                i += 1
+                continue
+            count, length = self._matching_prefix(block, target, pos)
+            if count:
+                kept.append(_Block(block.ids[:count], block.text[:length], block.generated))
+                pos += length
+            # Generated ids that follow in the rendering after text the template dropped or changed (a reasoning
+            # block stripped from history, content dropped before tool calls, an empty think block left out).
+            later = i if block.generated else i + 1
+            first = count if later == i else 0  # never reuse ids already kept
+            resumed = (self._resume(old[later], target, pos, first)
+                       if later < len(old) and old[later].generated else None)
+            if resumed is None:
+                break
+            kept.append(resumed)
+            pos += len(resumed.text)
+            i = later + 1
+        rest = self._encode_pieces(_slice_pieces(pieces, pos))
+        return Prompt(kept + [rest])
+
+    def _matching_prefix(self, block: _Block, target: str, pos: int) -> tuple[int, int]:
+        """(ids, characters) of the longest token prefix of `block` whose text is `target[pos:...]`."""
+        limit = _common_prefix_len(block.text, target, pos)
+        best = (0, 0)
+        length = 0
+        for count, piece in enumerate(self._token_texts(block.ids), start=1):
+            if piece is None:
+                continue  # a token inside a multi-byte character: no cut here
+            length += len(piece)
+            if length > limit:
+                break
+            best = (count, length)
+        return best
+
+    def _resume(self, block: _Block, target: str, pos: int, first: int = 0) -> Optional[_Block]:
+        """The longest token suffix of `block` whose text continues `target` at `pos` exactly (at least one
+        character), or None."""
+        texts = list(self._token_texts(block.ids))
+        suffix = ""
+        best = None
+        for start in range(len(texts) - 1, first - 1, -1):
+            piece = texts[start]
+            if piece is None:
+                continue
+            suffix = piece + suffix
+            if start > 0 and texts[start - 1] is None:
+                continue  # the cut would split a multi-byte character
+            if suffix and target.startswith(suffix, pos):
+                best = _Block(block.ids[start:], suffix, True)
+        return best
+
+    def _token_texts(self, ids: Sequence[int]) -> list[Optional[str]]:
+        """Each id's text when decoded in sequence; None for an id whose bytes complete only with the next one.
+
+        A None's bytes are carried by the next piece, so a piece may hold the text of several ids."""
+        stream = DecodeStream(skip_special_tokens=False)
+        backend = self.tokenizer.backend_tokenizer
+        return [stream.step(backend, i) for i in ids]
 
     @staticmethod
     def tool_response_content(name: str, content_json: str) -> str:
@@ -162,29 +365,115 @@ class ChatFormat:
         backend = self.tokenizer.backend_tokenizer
         return lambda token: stream.step(backend, token)
 
-    # ---- internals ------------------------------------------------------------------------------------------
-    def _apply(self, messages, tools, add_generation_prompt) -> str:
-        return self.tokenizer.apply_chat_template(
-            messages, tools=tools, chat_template=self.template, tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-        )
-
-    def _encode_masked(self, text: str, contents: dict[str, str]) -> list[int]:
+    def encode_untrusted(self, text: str) -> list[int]:
+        """Ids of text from a user, a client or a tool: no special or added token's text becomes that token."""
+        if not text:
+            return []
+        if self._markup_pattern is None:
+            return self._encode_plain(text)
         ids: list[int] = []
-        for piece in _split_masks(text, contents):
-            if isinstance(piece, _Content):
-                ids += self.tokenizer.encode(piece.text, add_special_tokens=False, split_special_tokens=True)
-            elif piece:
-                ids += self.tokenizer.encode(piece, add_special_tokens=False)
-        return ids
+        start = 0
+        while True:
+            match = self._markup_pattern.search(text, start)
+            if match is None:
+                break
+            cut = match.start() + 1  # tokenized apart, the two halves cannot form the token
+            ids += self._encode_plain(text[start:cut])
+            start = cut
+        return ids + self._encode_plain(text[start:])
+
+    def _encode_plain(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True) if text else []
+
+    # ---- internals ------------------------------------------------------------------------------------------------
+    def _apply(self, messages, tools, add_generation_prompt, enable_thinking=None) -> str:
+        extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+        return self.tokenizer.apply_chat_template(
+            list(messages), tools=list(tools), chat_template=self.template, tokenize=False,
+            add_generation_prompt=add_generation_prompt, **extra)
+
+    def _render_pieces(self, messages, tools, enable_thinking) -> list[tuple[str, bool]]:
+        """The rendering as (text, untrusted) pieces."""
+        masked, contents = _mask_contents(_split_reasoning(messages))
+        text = self._apply(masked, tools, True, enable_thinking)
+        return _split_masks(text, contents)
+
+    def _encode_pieces(self, pieces: Sequence[tuple[str, bool]]) -> _Block:
+        ids: list[int] = []
+        for text, untrusted in pieces:
+            if untrusted:
+                ids += self.encode_untrusted(text)
+            elif text:
+                ids += self.tokenizer.encode(text, add_special_tokens=False)
+        return _Block(tuple(ids), "".join(text for text, _ in pieces), False)
 
 
-class _Content(str):
-    """Untrusted text to tokenize with special tokens split."""
+def load_chat_format(tokenizer, tokenizer_dir: str, chat_template: str = "") -> ChatFormat:
+    """The ChatFormat for a served model: `chat_template` "" (the tokenizer's), "builtin" or a .jinja file path;
+    the end ids of `tokenizer_dir/generation_config.json`, when it has one, end turns too."""
+    template, source = None, None
+    if chat_template == BUILTIN:
+        template = BUILTIN
+    elif chat_template:
+        with open(chat_template, encoding="utf-8") as f:
+            template, source = f.read(), f"file:{chat_template}"
+    return ChatFormat(tokenizer, template, template_source=source,
+                      extra_end_ids=generation_config_end_ids(tokenizer_dir))
 
-    @property
-    def text(self) -> str:
-        return str(self)
+
+def generation_config_end_ids(directory: str) -> tuple[int, ...]:
+    """`eos_token_id` of `directory/generation_config.json` (an id or a list of ids); () when there is none."""
+    path = os.path.join(directory, "generation_config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return ()
+    values = value if isinstance(value, list) else [value]
+    return tuple(v for v in values if isinstance(v, int) and not isinstance(v, bool))
+
+
+def _opens_think(generation_prompt: str) -> bool:
+    opened = generation_prompt.rfind(THINK_OPEN)
+    return opened >= 0 and generation_prompt.find(THINK_CLOSE, opened) < 0
+
+
+def _common_prefix_len(text: str, target: str, pos: int) -> int:
+    """Length of the common prefix of `text` and `target[pos:]`."""
+    low, high = 0, min(len(text), len(target) - pos)
+    while low < high:  # binary search over prefix equality, each test a C-level compare
+        middle = (low + high + 1) // 2
+        if target.startswith(text[:middle], pos):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _slice_pieces(pieces: Sequence[tuple[str, bool]], pos: int) -> list[tuple[str, bool]]:
+    out = []
+    offset = 0
+    for text, untrusted in pieces:
+        end = offset + len(text)
+        if end > pos:
+            out.append((text[max(0, pos - offset):], untrusted))
+        offset = end
+    return out
+
+
+def _split_reasoning(messages: Sequence[dict]) -> list[dict]:
+    """Assistant messages whose content holds a `<think>` block get it as `reasoning_content` (as Qwen3's template
+    splits it), so the reasoning is handled by the template and not masked inside the content."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if (message.get("role") == "assistant" and isinstance(content, str) and THINK_CLOSE in content
+                and not isinstance(message.get("reasoning_content"), str)):
+            reasoning, _, answer = content.partition(THINK_CLOSE)
+            message = {**message, "reasoning_content": reasoning.split(THINK_OPEN)[-1].strip("\n"),
+                       "content": answer.lstrip("\n")}
+        out.append(message)
+    return out
 
 
 # Markers are printable ASCII so templates copy them through unchanged, also inside `tojson`.
@@ -219,7 +508,7 @@ def _mask_contents(messages: Sequence[dict]) -> tuple[list[dict], dict[str, str]
     masked = []
     for message in messages:
         m = dict(message)
-        for field in ("content", "name"):
+        for field in ("content", "name", "reasoning_content"):
             if isinstance(m.get(field), str) and m[field]:
                 m[field] = mark(m[field], "r")
         if m.get("tool_calls"):
@@ -243,38 +532,20 @@ def _mask_contents(messages: Sequence[dict]) -> tuple[list[dict], dict[str, str]
     return masked, contents
 
 
-def _split_masks(text: str, contents: dict[str, str]) -> list:
+def _split_masks(text: str, contents: dict[str, str]) -> list[tuple[str, bool]]:
     pattern = re.compile(_MARK_RE.format(nonce=re.escape(contents["__nonce__"])))
-    pieces: list = []
+    pieces: list[tuple[str, bool]] = []
     pos = 0
     for match in pattern.finditer(text):
-        pieces.append(text[pos: match.start()])
+        pieces.append((text[pos: match.start()], False))
         value = contents[match.group(2)]
-        pieces.append(_Content(value if match.group(1) == "r" else json.dumps(value, ensure_ascii=False)[1:-1]))
+        pieces.append((value if match.group(1) == "r" else json.dumps(value, ensure_ascii=False)[1:-1], True))
         pos = match.end()
-    pieces.append(text[pos:])
-    template_text = "".join(p for p in pieces if not isinstance(p, _Content)).lower()
+    pieces.append((text[pos:], False))
+    template_text = "".join(p for p, untrusted in pieces if not untrusted).lower()
     if "@@fca" + contents["__nonce__"] in template_text:
         raise ChatTemplateError("the chat template altered message content (it must copy content through verbatim)")
     return pieces
-
-
-def _renders_tools(tokenizer, template: str) -> bool:
-    messages = [
-        {"role": "user", "content": "hello"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "call_0", "type": "function", "function": {"name": "probe_tool", "arguments": {"x": "1"}}}]},
-        {"role": "tool", "tool_call_id": "call_0", "name": "probe_tool", "content": "RESULT-0"},
-    ]
-    try:
-        text = tokenizer.apply_chat_template(
-            messages, tools=[_PROBE_TOOL], chat_template=template, tokenize=False, add_generation_prompt=True)
-    except Exception:
-        return False
-    return (
-        "<tools>" in text and "probe_tool" in text and "<tool_call>" in text and "<tool_response>" in text
-        and "RESULT-0" in text and text.rstrip().endswith("assistant")
-    )
 
 
 def _token_id(tokenizer, token: str) -> Optional[int]:

@@ -42,6 +42,8 @@ class EngineRequest:
     pad_id: int
     # Token sequences the engine must not generate (used to forbid `<tool_call>` on the last turn).
     bad_words: tuple[tuple[int, ...], ...] = ()
+    # Token sequences that end the turn besides end_id: the model's other end ids (TRT-LLM takes one end_id).
+    stop_words: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
 
 import pydantic
 
-from .chat_format import FINAL_ANSWER_NOTE, ChatFormat
+from .chat_format import FINAL_ANSWER_NOTE, ChatFormat, Prompt
 from .engine import EngineClient, EngineRequest, SamplingParams
 from .limits import AgentLimits
-from .tool_call_parser import AnswerStream, ToolCallFormatError, parse_tool_call
+from .tool_call_parser import AnswerStream, ToolCall, ToolCallFormatError, parse_tool_calls
 from .tools.execution import ToolExecutor, ToolOutcome
 from .tools.results import cap_json, to_json_text
 from .tools.spec import ToolSpec, ToolStatus
-from .transcript import CallRecord, RoundKind, RunResult, Transcript, error_payload
+from .transcript import EMPTY_ANSWER, CallRecord, RoundKind, RunResult, Transcript, error_payload
 from .turn import ENDED_DEADLINE, ENDED_LENGTH, EngineTurn, run_engine_turn
 
 __all__ = ["AgentLimits", "AgentRequest", "AgentRun", "ContextBudgetError", "RunResult"]
@@ -41,6 +42,7 @@ class AgentRequest:
     sampling: SamplingParams = SamplingParams()
     stop_words: tuple[str, ...] = ()
     max_iterations: Optional[int] = None  # may only lower the server's limit
+    enable_thinking: Optional[bool] = None  # the template's thinking switch (Qwen3 hybrid); None: the model's default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +84,8 @@ class CallResult:
 
     def record(self, turn: int) -> CallRecord:
         return CallRecord(turn=turn, name=self.call.name, arguments=self.call.arguments, status=self.status.value,
-                          latency_ms=round(self.latency_s * 1000, 3), error=self.error)
+                          latency_ms=round(self.latency_s * 1000, 3), error=self.error,
+                          server=self.call.spec.server if self.call.spec is not None else None)
 
 
 SerializeResult = Callable[[Any], str]
@@ -101,6 +104,7 @@ class AgentRun:
         limits: AgentLimits,
         request: AgentRequest,
         on_text: Optional[Callable[[str], Awaitable[None]]] = None,
+        on_reasoning: Optional[Callable[[str], Awaitable[None]]] = None,
         serialize_result: SerializeResult = to_json_text,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -111,6 +115,7 @@ class AgentRun:
         self.limits = limits
         self.request = request
         self._on_text = on_text
+        self._on_reasoning = on_reasoning
         self._serialize = serialize_result
         self._clock = clock
         self.max_iterations = limits.max_iterations
@@ -118,6 +123,8 @@ class AgentRun:
             self.max_iterations = max(0, min(limits.max_iterations, request.max_iterations))
         self.transcript = Transcript(request.messages)
         self._answer = AnswerStream(request.stop_words)
+        self._reasoning = AnswerStream()
+        self._schemas = [spec.openai_schema() for spec in self.tools.values()]
 
     @property
     def calls(self) -> list[CallRecord]:
@@ -128,7 +135,8 @@ class AgentRun:
         deadline = start + self.limits.request_timeout_s
         reserve = min(self.limits.final_turn_reserve_s, self.limits.request_timeout_s / 4)
         soft_deadline = deadline - reserve
-        prompt = self.chat.render_prompt(self.request.messages, [spec.openai_schema() for spec in self.tools.values()])
+        prompt = self.chat.render_prompt(self.request.messages, self._schemas,
+                                         enable_thinking=self.request.enable_thinking)
         budget = self.limits.max_context_tokens
         if len(prompt) + self.request.max_tokens > budget:
             raise ContextBudgetError(
@@ -143,52 +151,70 @@ class AgentRun:
             self.transcript.add_turn(turn)
 
             if self._answer.stopped_by is not None:
-                self.transcript.add_answer(self._answer.text[answered_before:])
+                self.transcript.add_answer(self._answer.text[answered_before:], turn.reasoning_text)
                 return self._finish("stop", f"stop word {self._answer.stopped_by!r}")
             await self._emit(self._answer.end_turn())
-            if turn.ended == ENDED_DEADLINE or not turn.calls:
-                self.transcript.add_answer(self._answer.text[answered_before:])
+            prepared = self._prepare_turn(turn, index)
+            if turn.ended == ENDED_LENGTH and turn.unterminated_call and prepared[-1].status is ToolStatus.MALFORMED:
+                self.transcript.add_answer(self._answer.text[answered_before:], turn.reasoning_text)
+                name = _called_name(turn.calls[-1])
+                return self._finish("length", f"the tool call{f' to {name!r}' if name else ''} was cut off by "
+                                              f"max_tokens ({self.request.max_tokens}): raise max_tokens")
+            if turn.ended == ENDED_DEADLINE or not prepared:
+                answer = self._answer.text[answered_before:]
+                self.transcript.add_answer(answer, turn.reasoning_text)
                 if turn.ended == ENDED_DEADLINE:
                     return self._finish("incomplete", "the request deadline was reached while generating")
                 if turn.ended == ENDED_LENGTH:
                     return self._finish("length", f"the answer reached max_tokens ({self.request.max_tokens})")
+                if not answer.strip() and self.transcript.rounds:
+                    return self._finish("stop", f"{EMPTY_ANSWER}: the model ended its turn without an answer after "
+                                                "the tool results" + (f" ({final_reason})" if final_reason else ""))
                 return self._finish("stop", final_reason)
 
-            prompt = prompt + list(turn.ids) + self.chat.close_assistant_turn(turn.ids)
-            prepared = [self._prepare(raw, f"call_{index}_{i}") for i, raw in enumerate(turn.calls)]
-            self.transcript.add_tool_calls(
-                turn.answer_text, [(c.call_id, c.name, c.arguments) for c in prepared if c.readable])
+            raw_text = None if all(c.readable for c in prepared) else self.chat.decode(
+                [i for i in turn.ids if i not in self.chat.stop_ids])
+            self.transcript.add_tool_calls(turn.answer_text, turn.reasoning_text,
+                                           [(c.call_id, c.name, c.arguments) for c in prepared if c.readable], raw_text)
             if final_reason:
                 results = [CallResult(c, ToolStatus.NOT_RUN, error=f"not run: {final_reason}") for c in prepared]
                 self._record_results(index, RoundKind.REFUSED, results, self.limits.max_tool_result_chars, None)
                 return self._finish("incomplete", f"{final_reason}; the model still called tools on its last turn")
 
             kind, results, final_reason = await self._tool_round(prepared, soft_deadline)
-            note = FINAL_ANSWER_NOTE if final_reason else None
-            tool_ids, max_chars = self._fit_tool_turn(prompt, results, note)
+            note = self._note() if final_reason else None
+            next_prompt, max_chars = self._fit_tool_turn(prompt, turn, results, note)
             self._record_results(index, kind, results, max_chars, note)
-            if tool_ids is None:
+            if next_prompt is None:
                 return self._finish("length", f"the tool results do not fit the context budget of {budget} tokens")
-            prompt = prompt + tool_ids
+            prompt = next_prompt
             index += 1
 
     # ------------------------------------------------------------------------------------------------------------
-    async def _engine_turn(self, prompt: list[int], index: int, *, last: bool, deadline: float) -> EngineTurn:
+    async def _engine_turn(self, prompt: Prompt, index: int, *, last: bool, deadline: float) -> EngineTurn:
         bad_words = self.chat.tool_call_words if last and self.engine.supports_bad_words else ()
         request = EngineRequest(
-            request_id=f"{self.request.request_id}-{index}", prompt_ids=prompt, max_tokens=self.request.max_tokens,
+            request_id=f"{self.request.request_id}-{index}", prompt_ids=prompt.ids, max_tokens=self.request.max_tokens,
             sampling=self.request.sampling, end_id=self.chat.end_id, pad_id=self.chat.pad_id,
-            bad_words=tuple(bad_words))
-        return await run_engine_turn(self.engine, self.chat, request, index, self._answer, self._emit,
-                                     deadline=deadline, idle_timeout_s=self.limits.engine_idle_timeout_s,
-                                     clock=self._clock)
+            bad_words=tuple(bad_words), stop_words=self.chat.stop_words)
+        return await run_engine_turn(
+            self.engine, self.chat, request, index, self._answer, self._emit, reasoning=self._reasoning,
+            emit_reasoning=self._emit_reasoning, tool_names=self.tools.keys(),
+            in_reasoning=self.chat.reasoning.starts_in_reasoning(self.request.enable_thinking), deadline=deadline,
+            idle_timeout_s=self.limits.engine_idle_timeout_s, clock=self._clock)
 
-    def _prepare(self, raw: str, call_id: str) -> PreparedCall:
-        try:
-            call = parse_tool_call(raw)
-        except ToolCallFormatError as exc:
+    def _prepare_turn(self, turn: EngineTurn, index: int) -> list[PreparedCall]:
+        """Every call of the turn (a block may hold several), with call ids in order."""
+        calls = []
+        for raw in turn.calls:
+            for parsed in parse_tool_calls(raw):
+                calls.append(self._prepare(parsed, raw, f"call_{index}_{len(calls)}"))
+        return calls
+
+    def _prepare(self, call: "ToolCall | ToolCallFormatError", raw: str, call_id: str) -> PreparedCall:
+        if isinstance(call, ToolCallFormatError):
             return PreparedCall(call_id, name="", arguments=raw.strip()[:500], status=ToolStatus.MALFORMED,
-                                error=f"invalid tool call: {exc}")
+                                error=f"invalid tool call: {call}")
         spec = self.tools.get(call.name)
         if spec is None:
             names = ", ".join(sorted(self.tools)) or "(none)"
@@ -243,40 +269,58 @@ class AgentRun:
                               latency_s=outcome.latency_s)
         return CallResult(call, ToolStatus.OK, value_json=value_json, latency_s=outcome.latency_s)
 
-    def _fit_tool_turn(self, prompt: Sequence[int], results: Sequence[CallResult], note: Optional[str]):
-        """The tool turn's ids and the result cap used: results are shortened until prompt + turn + max_tokens fits.
+    def _fit_tool_turn(self, prompt: Prompt, turn: EngineTurn, results: Sequence[CallResult],
+                       note: Optional[dict]):
+        """The next prompt and the result cap used: results are shortened until prompt + max_tokens fits.
 
-        The ids are None when even the shortest results do not fit.
+        The prompt is None when even the shortest results do not fit.
         """
-        room = self.limits.max_context_tokens - len(prompt) - self.request.max_tokens
+        room = self.limits.max_context_tokens - self.request.max_tokens
         max_chars = self.limits.max_tool_result_chars
         while True:
-            ids = self.chat.tool_turn(self._contents(results, max_chars), note=note)
-            if len(ids) <= room:
-                return ids, max_chars
+            messages = self.transcript.prompt_messages + self.transcript.tool_messages(
+                self._answers(results, max_chars), note)
+            candidate = self.chat.continue_prompt(prompt, turn.ids, messages, self._schemas,
+                                                  enable_thinking=self.request.enable_thinking)
+            if len(candidate) <= room:
+                return candidate, max_chars
             if max_chars <= 64:
                 return None, max_chars
             max_chars //= 2
 
-    def _contents(self, results: Sequence[CallResult], max_chars: int) -> list[tuple[str, str]]:
-        return [(r.name, self.chat.tool_response_content(r.name, r.payload(max_chars))) for r in results]
+    def _answers(self, results: Sequence[CallResult], max_chars: int) -> list[tuple[str, str, str, bool]]:
+        return [(r.call.call_id, r.name, self.chat.tool_response_content(r.name, r.payload(max_chars)),
+                 r.call.readable) for r in results]
+
+    def _note(self) -> dict:
+        return {"role": self.chat.note_role, "content": FINAL_ANSWER_NOTE}
 
     def _record_results(self, turn: int, kind: RoundKind, results: Sequence[CallResult], max_chars: int,
-                        note: Optional[str]) -> None:
-        contents = self._contents(results, max_chars)
-        self.transcript.add_tool_results(
-            [(r.call.call_id, r.call.name, content) for r, (_, content) in zip(results, contents) if r.call.readable],
-            note)
+                        note: Optional[dict]) -> None:
+        self.transcript.add_tool_results(self._answers(results, max_chars), note)
         self.transcript.add_round(turn, kind, [r.record(turn) for r in results])
 
     async def _emit(self, delta: str) -> None:
         if delta and self._on_text is not None:
             await self._on_text(delta)
 
+    async def _emit_reasoning(self, delta: str) -> None:
+        if delta and self._on_reasoning is not None:
+            await self._on_reasoning(delta)
+
     def _finish(self, reason: str, detail: str) -> RunResult:
         t = self.transcript
         return RunResult(text=self._answer.text, finish_reason=reason, detail=detail, usage=t.usage(),
-                         calls=tuple(t.calls), messages=tuple(t.messages), turns=tuple(t.turns))
+                         calls=tuple(t.calls), messages=tuple(t.messages), turns=tuple(t.turns),
+                         reasoning=self._reasoning.text)
+
+
+def _called_name(raw: str) -> Optional[str]:
+    match = _NAME_IN_CALL.search(raw)
+    return match.group(1) if match else None
+
+
+_NAME_IN_CALL = re.compile(r'"name"\s*:\s*"([^"\\]{1,64})"')
 
 
 def _describe_validation(name: str, exc: pydantic.ValidationError) -> str:

@@ -11,7 +11,6 @@ import json
 from typing import Any, Optional, Sequence
 
 from .tool_call_parser import canonical_arguments
-from .tools.spec import ToolStatus
 from .turn import EngineTurn
 
 
@@ -25,6 +24,7 @@ class CallRecord:
     status: str
     latency_ms: float = 0.0
     error: Optional[str] = None
+    server: Optional[str] = None  # the MCP server's label; None for module tools
 
 
 class RoundKind(str, enum.Enum):
@@ -40,10 +40,16 @@ class ToolRound:
 
 
 class Transcript:
-    """The records of one run. `messages` starts as the client's conversation and grows with each turn."""
+    """The records of one run. `messages` starts as the client's conversation and grows with each turn.
+
+    `messages` is the conversation in OpenAI form, for the client to continue it. `prompt_messages` is what the chat
+    template renders for the next prompt: the same, except that a turn with calls that could not be read keeps the
+    model's own text (there is no OpenAI form for it) and the answers to those calls.
+    """
 
     def __init__(self, messages: Sequence[dict]):
         self.messages: list[dict] = [dict(m) for m in messages]
+        self.prompt_messages: list[dict] = [dict(m) for m in messages]
         self.turns: list[EngineTurn] = []
         self.calls: list[CallRecord] = []
         self.rounds: list[ToolRound] = []
@@ -51,25 +57,38 @@ class Transcript:
     def add_turn(self, turn: EngineTurn) -> None:
         self.turns.append(turn)
 
-    def add_answer(self, text: str) -> None:
-        self.messages.append({"role": "assistant", "content": text.strip()})
+    def add_answer(self, text: str, reasoning: str = "") -> None:
+        self._add({"role": "assistant", "content": text.strip(), **_reasoning(reasoning)})
 
-    def add_tool_calls(self, text: str, calls: Sequence[tuple[str, str, Any]]) -> None:
-        """The assistant message of a turn that called tools: `calls` are (call id, name, arguments) of readable calls."""
-        message: dict = {"role": "assistant", "content": text}
+    def add_tool_calls(self, text: str, reasoning: str, calls: Sequence[tuple[str, str, Any]],
+                       raw_text: Optional[str] = None) -> None:
+        """The assistant message of a turn that called tools: `calls` are (call id, name, arguments) of the calls
+        that could be read; `raw_text` is the turn's text when some could not (the prompt then keeps it as is)."""
+        message: dict = {"role": "assistant", "content": text, **_reasoning(reasoning)}
         if calls:
             message["tool_calls"] = [
                 {"id": call_id, "type": "function",
                  "function": {"name": name, "arguments": canonical_arguments(arguments)}}
                 for call_id, name, arguments in calls]
         self.messages.append(message)
+        # The raw text holds the turn's think block too; the template reads it from there.
+        self.prompt_messages.append(message if raw_text is None else {"role": "assistant", "content": raw_text})
 
-    def add_tool_results(self, results: Sequence[tuple[str, str, str]], note: Optional[str]) -> None:
-        """Tool messages answering the assistant's calls: (call id, name, content); then the note, if any."""
-        for call_id, name, content in results:
-            self.messages.append({"role": "tool", "tool_call_id": call_id, "name": name, "content": content})
-        if note:
-            self.messages.append({"role": "system", "content": note})
+    def tool_messages(self, results: Sequence[tuple[str, str, str, bool]], note: Optional[dict]) -> list[dict]:
+        """The prompt messages that answer a turn's calls: `results` are (call id, name, content, readable)."""
+        out = [{"role": "tool", "tool_call_id": call_id, "name": name, "content": content}
+               for call_id, name, content, _ in results]
+        return out + ([note] if note else [])
+
+    def add_tool_results(self, results: Sequence[tuple[str, str, str, bool]], note: Optional[dict]) -> None:
+        """Tool messages answering the assistant's calls, then the note (a message), if any. In `messages` only the
+        readable calls are answered, as an OpenAI history requires."""
+        self.prompt_messages += self.tool_messages(results, note)
+        self.messages += self.tool_messages([r for r in results if r[3]], note)
+
+    def _add(self, message: dict) -> None:
+        self.messages.append(message)
+        self.prompt_messages.append(message)
 
     def add_round(self, turn: int, kind: RoundKind, calls: Sequence[CallRecord]) -> None:
         self.rounds.append(ToolRound(turn, kind))
@@ -98,6 +117,7 @@ class Transcript:
             "iterations": self.iterations,
             "repair_turns": sum(r.kind is RoundKind.REPAIR for r in self.rounds),
             "reused_prompt_tokens": sum(t.reused_prompt_tokens for t in self.turns),
+            "reasoning_tokens": sum(t.reasoning_tokens for t in self.turns),
             "context_tokens": last.prompt_tokens + len(last.ids) if last else 0,
         }
 
@@ -113,6 +133,12 @@ class RunResult:
     calls: tuple[CallRecord, ...]
     messages: tuple[dict, ...]
     turns: tuple[EngineTurn, ...]
+    reasoning: str = ""  # all turns' reasoning, as streamed in reasoning_output
+
+    @property
+    def empty_answer(self) -> bool:
+        """The model answered nothing after tool results (reported in `detail`, counted in metrics)."""
+        return self.detail.startswith(EMPTY_ANSWER)
 
     def trace(self) -> dict:
         return {
@@ -124,10 +150,13 @@ class RunResult:
         }
 
 
+EMPTY_ANSWER = "empty answer"
+
+
 def error_payload(message: str) -> str:
     return json.dumps({"error": message}, ensure_ascii=False)
 
 
-def is_readable(status: ToolStatus) -> bool:
-    """A call whose JSON could be read appears in the history as a tool call (a malformed one cannot)."""
-    return status is not ToolStatus.MALFORMED
+def _reasoning(text: str) -> dict:
+    """`reasoning_content` of an assistant message, where chat templates (Qwen3) read it back, when there is any."""
+    return {"reasoning_content": text} if text else {}

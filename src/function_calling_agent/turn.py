@@ -1,19 +1,21 @@
-"""One engine turn: stream the engine's ids, decode them incrementally, split answer text from `<tool_call>` blocks.
+"""One engine turn: stream the engine's ids, decode them incrementally, split reasoning, answer text and
+`<tool_call>` blocks.
 
-`run_engine_turn` returns an immutable `EngineTurn`, the record of what happened; answer text is pushed to the
-request's `AnswerStream` (and on to the client) as soon as it is certain.
+`run_engine_turn` returns an immutable `EngineTurn`, the record of what happened; answer and reasoning text are
+pushed to the request's streams (and on to the client) as soon as they are certain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterable
 
 from .chat_format import ChatFormat
 from .engine import EngineClient, EngineError, EngineRequest
-from .tool_call_parser import AnswerStream, ToolCallParser
+from .tool_call_parser import AnswerStream
 from .tools.execution import wait_with_timeout
+from .turn_parser import REASONING, TurnParser
 
 # Why a turn ended: the end token (or the model starting a new turn), max_tokens, a client stop word, the deadline.
 ENDED_END, ENDED_LENGTH, ENDED_STOP_WORD, ENDED_DEADLINE = "end", "length", "stop_word", "deadline"
@@ -30,10 +32,13 @@ class EngineTurn:
     answer_text: str  # the turn's answer text (text before its first call), stripped
     ended: str
     reused_prompt_tokens: int  # prompt tokens the engine did not prefill (0 when it does not report it)
+    reasoning_text: str = ""  # the turn's reasoning (its think block), stripped
+    reasoning_tokens: int = 0  # generated ids spent inside the think block (its tags included)
+    unterminated_call: bool = False  # the last call's block was still open when the turn ended
 
     def trace(self) -> dict:
         return {"prompt_tokens": self.prompt_tokens, "generated_tokens": len(self.ids), "ended": self.ended,
-                "reused_prompt_tokens": self.reused_prompt_tokens}
+                "reused_prompt_tokens": self.reused_prompt_tokens, "reasoning_tokens": self.reasoning_tokens}
 
 
 async def run_engine_turn(
@@ -44,26 +49,39 @@ async def run_engine_turn(
     answer: AnswerStream,
     emit: Callable[[str], Awaitable[None]],
     *,
+    reasoning: AnswerStream,
+    emit_reasoning: Callable[[str], Awaitable[None]],
+    tool_names: Iterable[str],
+    in_reasoning: bool,
     deadline: float,
     idle_timeout_s: float,
     clock: Callable[[], float],
 ) -> EngineTurn:
     """Runs one turn until the end token, max_tokens, a stop word or the deadline; stops the engine on an early exit.
 
-    Raises `EngineError` when the engine fails or sends nothing for `idle_timeout_s`.
+    `tool_names`: the offered tools (a call object naming one that opens the turn is a call). `in_reasoning`: the
+    prompt ends inside an open think block. Raises `EngineError` when the engine fails or sends nothing for
+    `idle_timeout_s`.
     """
     decode = chat.incremental_decoder()
-    parser = ToolCallParser()
+    parser = TurnParser(tool_names, think=chat.reasoning.has_think_tokens, in_reasoning=in_reasoning)
     ids: list[int] = []
     answer_parts: list[str] = []
+    reasoning_parts: list[str] = []
+    reasoning_tokens = 0
     reused = 0
     ended = None
     finished = False
     stream = engine.generate(request)
 
-    async def take(text: str) -> None:
-        answer_parts.append(text)
-        await emit(answer.push(text))
+    async def take(parts) -> None:
+        for kind, text in parts:
+            if kind == REASONING:
+                reasoning_parts.append(text)
+                await emit_reasoning(reasoning.push(text))
+            elif answer.stopped_by is None:
+                answer_parts.append(text)
+                await emit(answer.push(text))
 
     try:
         while ended is None:
@@ -92,16 +110,19 @@ async def run_engine_turn(
                     ended = ENDED_END
                     break
                 ids.append(token)
+                if parser.in_reasoning:
+                    reasoning_tokens += 1
                 if token in chat.dropped_ids:
                     continue
                 piece = decode(token)
                 if piece:
-                    text = parser.feed(piece)
-                    if text:
-                        await take(text)
-                        if answer.stopped_by is not None:
-                            ended = ENDED_STOP_WORD
-                            break
+                    was_reasoning = parser.in_reasoning
+                    await take(parser.feed(piece))
+                    if parser.in_reasoning and not was_reasoning:
+                        reasoning_tokens += 1  # the token that opened the block
+                    if answer.stopped_by is not None:
+                        ended = ENDED_STOP_WORD
+                        break
     finally:
         if not finished and not (ids and ids[-1] == chat.end_id):
             # Left early (stop word, deadline, a turn marker or cancellation): make sure the engine stops too. After
@@ -110,11 +131,12 @@ async def run_engine_turn(
         await _close(stream)
     if ended is None:
         ended = ENDED_LENGTH if len(ids) >= request.max_tokens else ENDED_END
-    rest = parser.finish()
-    if rest and ended != ENDED_STOP_WORD:
-        await take(rest)
+    await take(parser.finish())
+    await emit_reasoning(reasoning.end_turn())
     return EngineTurn(index=index, prompt_tokens=len(request.prompt_ids), ids=tuple(ids), calls=tuple(parser.calls),
-                      answer_text="".join(answer_parts).strip(), ended=ended, reused_prompt_tokens=reused)
+                      answer_text="".join(answer_parts).strip(), ended=ended, reused_prompt_tokens=reused,
+                      reasoning_text="".join(reasoning_parts).strip(), reasoning_tokens=reasoning_tokens,
+                      unterminated_call=parser.unterminated)
 
 
 async def _stop(engine: EngineClient, request_id: str) -> None:

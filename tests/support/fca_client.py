@@ -21,15 +21,14 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 import requests
 
+from function_calling_agent.adapter.contract import CLIENT_INPUTS
+
 MODEL = "function_calling_agent"
 
 # The agent's declared inputs and their Triton datatypes.
-DATATYPES = {
-    "text_input": "BYTES", "max_tokens": "INT32", "stream": "BOOL", "temperature": "FP32", "top_k": "INT32",
-    "top_p": "FP32", "random_seed": "UINT64", "repetition_penalty": "FP32", "presence_penalty": "FP32",
-    "frequency_penalty": "FP32", "stop_words": "BYTES", "messages": "BYTES", "max_iterations": "INT32",
-    "tools": "BYTES", "return_trace": "BOOL",
-}
+# Client-side datatypes of the agent's inputs, from the contract (config TYPE_STRING is BYTES on the wire).
+DATATYPES = {name: spec.data_type.replace("TYPE_", "").replace("STRING", "BYTES")
+             for name, spec in CLIENT_INPUTS.items()}
 _NUMPY = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "FP64": np.float64,
           "BOOL": np.bool_, "UINT64": np.uint64, "UINT8": np.uint8}
 
@@ -72,6 +71,7 @@ def make_inputs(values: Mapping[str, Any]) -> list:
 @dataclasses.dataclass
 class StreamOutcome:
     deltas: list[str] = dataclasses.field(default_factory=list)
+    reasoning_deltas: list[str] = dataclasses.field(default_factory=list)
     final: Optional[dict] = None  # outputs of the response that carried finish_reason
     error: Optional[str] = None
     finals: int = 0  # responses flagged final, plus error responses (an error ends the request)
@@ -115,14 +115,19 @@ def read_response(result, outcome: StreamOutcome, started: float, error=None) ->
         response.parameters else False
     texts = _strings(result, "text_output")
     reason = _strings(result, "finish_reason")
+    reasoning = _strings(result, "reasoning_output")
     if reason is not None:
         final = {"finish_reason": reason[0], "text_output": "".join(texts or [])}
         for name in ("usage", "tool_trace"):
             values = _strings(result, name)
             if values is not None:
                 final[name] = json.loads(values[0])
+        if reasoning is not None:
+            final["reasoning_output"] = "".join(reasoning)
         outcome.final = final
-    elif texts:
+    elif reasoning:
+        outcome.reasoning_deltas.extend(reasoning)
+    if reason is None and texts:
         if outcome.first_delta_s is None:
             outcome.first_delta_s = time.monotonic() - started
         outcome.deltas.extend(texts)

@@ -19,7 +19,7 @@ from function_calling_agent.adapter.bls_engine import BlsEngineClient
 from function_calling_agent.adapter.contract import CLIENT_INPUTS, InvalidRequest, check_declared, decode_request
 from function_calling_agent.adapter.metrics import AgentMetrics
 from function_calling_agent.adapter.parameters import AgentConfig, ConfigError, parse_parameters
-from function_calling_agent.chat_format import ChatFormat
+from function_calling_agent.chat_format import ChatTemplateError, load_chat_format
 from function_calling_agent.engine import EngineError
 from function_calling_agent.model_config import ModelConfigError, read_model_config, tensor_names
 from function_calling_agent.run import AgentRequest, AgentRun, ContextBudgetError
@@ -49,7 +49,10 @@ class TritonPythonModel:
         self.name = model_config.get("name", "function_calling_agent")
 
         tokenizer = AutoTokenizer.from_pretrained(self.config.tokenizer_dir)
-        self.chat = ChatFormat(tokenizer)
+        try:
+            self.chat = load_chat_format(tokenizer, self.config.tokenizer_dir, self.config.chat_template)
+        except ChatTemplateError as exc:
+            raise pb_utils.TritonModelException(f"function_calling_agent: {exc}") from None
         self.tools = load_tool_modules(self.config.tool_modules, self.config.tool_path)
         self.executor = ToolExecutor(self.config.tool_workers, self.config.max_abandoned_tool_threads)
 
@@ -58,11 +61,34 @@ class TritonPythonModel:
                                       stop_timeout_s=self.config.engine_stop_timeout_seconds,
                                       read_threads=self.config.bls_threads, logger=self.logger)
         self.metrics = AgentMetrics(pb_utils, self.name)
+        self.mcp = self._start_mcp() if self.config.mcp_servers else None
         self._executor_set = False
+        reasoning = self.chat.reasoning
         self.logger.log_info(
             f"function_calling_agent ready: engine={self.config.tensorrt_llm_model_name} "
-            f"tools={list(self.tools.names())} template={'builtin' if 'You are a function calling AI model' in self.chat.template else 'tokenizer'} "
+            f"tools={list(self._offered_tools().names())} template={self.chat.template_info} "
+            f"reasoning=(think_tokens={reasoning.has_think_tokens} opens_in_prompt={reasoning.starts_in_reasoning(None)} "
+            f"enable_thinking_switch={reasoning.switch}) end_ids={sorted(self.chat.stop_ids)} "
             f"limits={self.config.limits}")
+
+    def _start_mcp(self):
+        """Connects to the MCP servers of the `mcp_servers` file (docs/mcp.md); a required one that is down, a bad
+        entry or a name clash fails loading."""
+        from function_calling_agent.tools.mcp import McpConfigError, McpLoadError, McpToolbox, load_mcp_servers
+
+        try:
+            servers = load_mcp_servers(self.config.mcp_servers)
+            self.metrics.mcp_servers([server.label for server in servers])
+            toolbox = McpToolbox(servers, module_tools=self.tools, logger=self.logger,
+                                 on_server_state=self.metrics.mcp_server_state)
+            toolbox.start()
+        except (McpConfigError, McpLoadError) as exc:
+            raise pb_utils.TritonModelException(f"function_calling_agent mcp_servers: {exc}") from None
+        return toolbox
+
+    def _offered_tools(self):
+        """Module tools, plus the MCP tools of the servers that are up (an optional server's appear once it is)."""
+        return self.mcp.registry() if self.mcp is not None else self.tools
 
     def _engine_tensors(self, args):
         """The engine's declared inputs/outputs: from the `engine_inputs` parameter, else its config.pbtxt."""
@@ -101,7 +127,7 @@ class TritonPythonModel:
         def respond(tensors, flags=0):
             tensors = [t for t in tensors if t.name() in requested]
             sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)
-        outcome, iterations, calls = "error", None, ()
+        outcome, iterations, calls, empty = "error", None, (), False
         final_sent = False
 
         def send_error(message, code):
@@ -114,7 +140,11 @@ class TritonPythonModel:
             inputs = {name: _as_numpy(request, name) for name in CLIENT_INPUTS}
             client = decode_request(inputs, max_tokens_limit=self.config.limits.max_context_tokens - 1,
                                     max_input_chars=self.config.max_input_chars, engine_inputs=self.engine.declared)
-            tools = self.tools.narrow(client.tools) if client.tools is not None else self.tools
+            if client.enable_thinking is not None and not self.chat.reasoning.switch:
+                raise InvalidRequest("enable_thinking: this model's chat template has no thinking switch "
+                                     f"({self.chat.template_info.source}); remove enable_thinking")
+            offered = self._offered_tools()
+            tools = offered.narrow(client.tools) if client.tools is not None else offered
             run_id = f"fca-{uuid.uuid4().hex[:20]}"
             started = time.monotonic()
             first_token = [None]
@@ -126,12 +156,16 @@ class TritonPythonModel:
                 if client.stream:
                     respond([_strings("text_output", [delta])])
 
+            async def on_reasoning(delta):
+                if client.stream and client.return_reasoning:
+                    respond([_strings("reasoning_output", [delta])])
+
             run = AgentRun(
                 engine=self.engine, chat=self.chat, tools=tools, executor=self.executor,
-                limits=self.config.limits, on_text=on_text,
+                limits=self.config.limits, on_text=on_text, on_reasoning=on_reasoning,
                 request=AgentRequest(request_id=run_id, messages=client.messages, max_tokens=client.max_tokens,
                                      sampling=client.sampling, stop_words=client.stop_words,
-                                     max_iterations=client.max_iterations),
+                                     max_iterations=client.max_iterations, enable_thinking=client.enable_thinking),
             )
             result = await self._run_until_cancelled(run, request)
             if result is None:
@@ -139,6 +173,7 @@ class TritonPythonModel:
                 send_error("request cancelled by the client", pb_utils.TritonError.CANCELLED)
                 return
             outcome, iterations, calls = result.finish_reason, result.usage["iterations"], result.calls
+            empty = result.empty_answer
             usage = {**result.usage, "detail": result.detail} if result.detail else result.usage
             tensors = [
                 _strings("text_output", ["" if client.stream else result.text]),
@@ -147,6 +182,8 @@ class TritonPythonModel:
             ]
             if client.return_trace:
                 tensors.append(_strings("tool_trace", [json.dumps(result.trace(), ensure_ascii=False)]))
+            if client.return_reasoning:
+                tensors.append(_strings("reasoning_output", ["" if client.stream else result.reasoning]))
             respond(tensors, flags=_FINAL)
             final_sent = True
             self._log_calls(run_id, request, result)
@@ -167,7 +204,7 @@ class TritonPythonModel:
                 except Exception:
                     pass
             try:
-                self.metrics.request_finished(outcome, iterations, calls)
+                self.metrics.request_finished(outcome, iterations, calls, empty)
                 self.metrics.abandoned_threads(self.executor.abandoned)
             except Exception as exc:
                 self.logger.log_error(f"function_calling_agent metrics: {exc}")
@@ -192,10 +229,13 @@ class TritonPythonModel:
         for call in result.calls:
             arguments = json.dumps(call.arguments)[:2000] if self.config.log_tool_payloads else "<redacted>"
             self.logger.log_verbose(
-                f"{run_id} ({request.request_id()}): tool {call.name} {call.status} {call.latency_ms:.1f} ms "
+                f"{run_id} ({request.request_id()}): tool {call.name}{f' (MCP {call.server})' if call.server else ''} "
+                f"{call.status} {call.latency_ms:.1f} ms "
                 f"arguments={arguments}")
 
     def finalize(self):
+        if self.mcp is not None:
+            self.mcp.close()
         self.logger.log_info("function_calling_agent finalized")
 
 

@@ -261,8 +261,10 @@ class TritonPythonModel:
                  "inputs": req.recorded}
         end, sent = "failed", 0
         try:
-            plan = self.script.get().plan(self.tokenizer.decode(req.input_ids, skip_special_tokens=False))
-            entry.update(turn=plan.turn, scenario=plan.scenario)
+            prompt = self.tokenizer.decode(req.input_ids, skip_special_tokens=False)
+            plan = self.script.get().plan(prompt)
+            # The prompt's end shows the generation prompt the engine was given (e.g. an opened think block).
+            entry.update(turn=plan.turn, scenario=plan.scenario, prompt_tail=prompt[-80:])
             self.record({"event": "start", **entry})
             end, sent = await self.generate(request, req, plan, generation, responder)
         except ScriptError as e:

@@ -11,30 +11,13 @@ import concurrent.futures
 import queue
 import threading
 import time
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
-import numpy as np
 
-from ..engine import EngineError, EngineOutput, EngineRequest
-from .contract import SAMPLING_ENGINE_INPUTS
+from ..engine import EngineError, EngineRequest
+from .engine_tensors import check_required, engine_inputs, engine_output, requested_outputs, stop_inputs
 
 _END = object()
-_OUTPUTS = ("output_ids", "prefix_reused_tokens")
-
-
-def words_tensor(words: Iterable[Iterable[int]]) -> np.ndarray:
-    """TRT-LLM word-list format [1, 2, L]: concatenated ids, then cumulative end offsets padded with -1."""
-    flat: list[int] = []
-    offsets: list[int] = []
-    for word in words:
-        flat.extend(word)
-        offsets.append(len(flat))
-    width = max(len(flat), 1)
-    array = np.full((1, 2, width), -1, dtype=np.int32)
-    array[0, 0, :] = 0
-    array[0, 0, : len(flat)] = flat
-    array[0, 1, : len(offsets)] = offsets
-    return array
 
 
 class DaemonThreadPool(concurrent.futures.Executor):
@@ -112,10 +95,8 @@ class BlsEngineClient:
         self._pb = pb_utils
         self.model_name = model_name
         self.declared = frozenset(declared_inputs)
-        self.outputs = [n for n in _OUTPUTS if n in set(declared_outputs) | {"output_ids"}]
-        missing = {"input_ids", "input_lengths", "request_output_len"} - self.declared
-        if missing:
-            raise ValueError(f"engine model {model_name!r} lacks required inputs {sorted(missing)}")
+        self.outputs = requested_outputs(declared_outputs)
+        check_required(model_name, self.declared)
         self.supports_bad_words = "bad_words_list" in self.declared
         self.stop_timeout_s = stop_timeout_s
         self._logger = logger
@@ -123,39 +104,14 @@ class BlsEngineClient:
         self.finished_streams = IteratorKeeper()
         self.draining = 0  # streams being drained in the background after an early exit
 
-    def _tensor(self, name: str, value: Any, dtype) -> Any:
-        return self._pb.Tensor(name, np.array(value, dtype=dtype))
-
-    def _inputs(self, request: EngineRequest) -> list:
-        ids = np.asarray(request.prompt_ids, dtype=np.int32).reshape(1, -1)
-        tensors = [
-            self._pb.Tensor("input_ids", ids),
-            self._tensor("input_lengths", [[ids.shape[1]]], np.int32),
-            self._tensor("request_output_len", [[request.max_tokens]], np.int32),
-        ]
-        optional = {
-            "end_id": ([[request.end_id]], np.int32),
-            "pad_id": ([[request.pad_id]], np.int32),
-            "streaming": ([[True]], np.bool_),
-            "exclude_input_in_output": ([[True]], np.bool_),
-            "return_perf_metrics": ([[True]], np.bool_),
-        }
-        for name, (value, dtype) in optional.items():
-            if name in self.declared:
-                tensors.append(self._tensor(name, value, dtype))
-        dtypes = {"top_k": np.int32, "random_seed": np.uint64}
-        for client_name, value in request.sampling.given().items():
-            engine_name = next(n for n in SAMPLING_ENGINE_INPUTS[client_name] if n in self.declared)
-            tensors.append(self._tensor(engine_name, [[value]], dtypes.get(client_name, np.float32)))
-        if request.bad_words and self.supports_bad_words:
-            tensors.append(self._pb.Tensor("bad_words_list", words_tensor(request.bad_words)))
-        return tensors
+    def _tensors(self, arrays: dict) -> list:
+        return [self._pb.Tensor(name, array) for name, array in arrays.items()]
 
     async def generate(self, request: EngineRequest):
         if "streaming" not in self.declared:
             raise EngineError(f"engine model {self.model_name!r} does not declare a streaming input")
         infer = self._pb.InferenceRequest(
-            model_name=self.model_name, inputs=self._inputs(request),
+            model_name=self.model_name, inputs=self._tensors(engine_inputs(request, self.declared)),
             requested_output_names=self.outputs,
             request_id=request.request_id,
         )
@@ -188,22 +144,12 @@ class BlsEngineClient:
                     return
                 if response.has_error():
                     raise EngineError(f"engine model {self.model_name!r} failed: {response.error().message()}")
-                ids = self._pb.get_output_tensor_by_name(response, "output_ids")
-                if ids is None:  # a trailing empty FINAL response
-                    continue
-                array = ids.as_numpy()
-                # Streaming responses hold only the new ids: [batch, beam, new] with one beam.
-                flat = array[0, 0] if array.ndim == 3 else array.reshape(-1)
-                reused = self._reused_prompt_tokens(response)
-                if flat.size or reused is not None:
-                    yield EngineOutput(tuple(flat.tolist()), reused)
+                output = engine_output(lambda name: _array(self._pb, response, name))
+                if output is not None and (output.token_ids or output.reused_prompt_tokens is not None):
+                    yield output
         finally:
             if not exhausted:
                 self._drain_in_background(iterator, request.request_id, reading)
-
-    def _reused_prompt_tokens(self, response) -> Optional[int]:
-        reused = self._pb.get_output_tensor_by_name(response, "prefix_reused_tokens")
-        return None if reused is None else int(reused.as_numpy().reshape(-1)[0])
 
     def _drain_orphan(self, call: "asyncio.Future", request_id: str) -> None:
         """Drains the stream of a call whose caller was cancelled before the call returned."""
@@ -246,12 +192,7 @@ class BlsEngineClient:
             return
         infer = self._pb.InferenceRequest(
             model_name=self.model_name,
-            inputs=[
-                self._tensor("input_ids", [[0]], np.int32),
-                self._tensor("input_lengths", [[1]], np.int32),
-                self._tensor("request_output_len", [[0]], np.int32),
-                self._tensor("stop", [[True]], np.bool_),
-            ],
+            inputs=self._tensors(stop_inputs()),
             requested_output_names=["output_ids"],
             request_id=request_id,
         )
@@ -272,3 +213,7 @@ class BlsEngineClient:
         if self._logger is not None:
             self._logger.log_warn(message)
 
+
+def _array(pb_utils, response, name: str):
+    tensor = pb_utils.get_output_tensor_by_name(response, name)
+    return None if tensor is None else tensor.as_numpy()

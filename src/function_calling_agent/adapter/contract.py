@@ -61,6 +61,10 @@ CLIENT_INPUTS: Mapping[str, TensorSpec] = {
     "max_iterations": TensorSpec("TYPE_INT32", np.int32, "may lower the server's limit, never raise it"),
     "tools": TensorSpec("TYPE_STRING", np.object_, "JSON list of tool names: a subset of what the server offers"),
     "return_trace": TensorSpec("TYPE_BOOL", np.bool_, "add tool_trace to the final response"),
+    "return_reasoning": TensorSpec("TYPE_BOOL", np.bool_,
+                                   "send the model's reasoning as reasoning_output (deltas when streaming)"),
+    "enable_thinking": TensorSpec("TYPE_BOOL", np.bool_,
+                                  "the chat template's thinking switch (Qwen3 hybrid); absent: the model's default"),
 }
 REQUIRED_INPUTS = ("max_tokens",)
 CLIENT_OUTPUTS: Mapping[str, str] = {
@@ -68,6 +72,7 @@ CLIENT_OUTPUTS: Mapping[str, str] = {
     "finish_reason": "stop, length or incomplete (errors and cancellation arrive as Triton errors)",
     "usage": "JSON: token counts, engine turns, tool calls, iterations, repair turns, reused prompt tokens, detail",
     "tool_trace": "JSON: every call and the conversation in OpenAI form, to continue it through messages",
+    "reasoning_output": "the model's reasoning (<think> blocks) when return_reasoning is true: deltas when streaming",
 }
 
 
@@ -102,6 +107,8 @@ class ClientRequest:
     max_iterations: Optional[int]
     tools: Optional[tuple[str, ...]]
     return_trace: bool
+    return_reasoning: bool = False
+    enable_thinking: Optional[bool] = None
 
 
 def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_limit: int,
@@ -158,10 +165,14 @@ def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_lim
 
     stream = _scalar(arrays, "stream")
     return_trace = _scalar(arrays, "return_trace")
+    return_reasoning = _scalar(arrays, "return_reasoning")
+    enable_thinking = _scalar(arrays, "enable_thinking")
     return ClientRequest(
         messages=messages, max_tokens=max_tokens, stream=bool(stream) if stream is not None else False,
         sampling=sampling, stop_words=stop_words, max_iterations=max_iterations, tools=tools,
         return_trace=bool(return_trace) if return_trace is not None else False,
+        return_reasoning=bool(return_reasoning) if return_reasoning is not None else False,
+        enable_thinking=None if enable_thinking is None else bool(enable_thinking),
     )
 
 

@@ -28,6 +28,8 @@ class AgentConfig:
     tokenizer_dir: str
     tool_modules: tuple[str, ...]
     limits: AgentLimits
+    # "" (the tokenizer's own template), "builtin" (the built-in Hermes-2-Pro tool template) or a .jinja file path.
+    chat_template: str = ""
     # Directories searched first for the tool modules (colon-separated in config.pbtxt), e.g. a mounted tools folder.
     tool_path: tuple[str, ...] = ()
     tensorrt_llm_model_name: str = DEFAULT_ENGINE_MODEL
@@ -40,6 +42,8 @@ class AgentConfig:
     bls_threads: int = 128
     log_tool_payloads: bool = False
     max_input_chars: int = 200_000
+    # A YAML/JSON file of MCP servers whose allowed tools are offered too (docs/mcp.md); None: no MCP servers.
+    mcp_servers: Optional[str] = None
 
 
 _REQUIRED = object()
@@ -52,7 +56,7 @@ _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 class Parameter:
     """One config.pbtxt parameter: how to read it and where it goes (`limits.<field>` or an AgentConfig field)."""
 
-    kind: str  # int | float | bool | text | names | modules | paths | model
+    kind: str  # int | float | bool | text | names | modules | paths | model | template | file
     target: str
     default: Any = _REQUIRED
     low: float = 0
@@ -75,6 +79,7 @@ PARAMETERS: Mapping[str, Parameter] = {
     "tokenizer_dir": Parameter("text", "tokenizer_dir"),
     "tool_modules": Parameter("modules", "tool_modules", DEFAULT_TOOL_MODULES),
     "tool_path": _config("paths", "tool_path"),
+    "chat_template": _config("template", "chat_template"),
     "tensorrt_llm_model_name": _config("model", "tensorrt_llm_model_name"),
     "max_iterations": _limit("int", "max_iterations", 0, 100),
     "max_repair_turns": _limit("int", "max_repair_turns", 0, 100),
@@ -92,6 +97,7 @@ PARAMETERS: Mapping[str, Parameter] = {
     "bls_threads": _config("int", "bls_threads", 1, 4096),
     "log_tool_payloads": _config("bool", "log_tool_payloads"),
     "max_input_chars": _config("int", "max_input_chars", 1),
+    "mcp_servers": _config("file", "mcp_servers"),
 }
 
 
@@ -126,6 +132,13 @@ def _parse(name: str, spec: Parameter, text: str) -> Any:
             if not re.fullmatch(pattern, item):
                 raise ConfigError(f"parameter {name!r}: {item!r} is not a valid name")
         return items if items or spec.kind == "modules" else None
+    if spec.kind == "template":
+        if text and text != "builtin" and not text.endswith(".jinja"):
+            raise ConfigError(f"parameter {name!r} must be empty (the tokenizer's template), 'builtin' or a path to a "
+                              f".jinja file, got {text!r}")
+        return text
+    if spec.kind == "file":
+        return text or None  # empty: not set
     if spec.kind == "paths":
         return tuple(part.strip() for part in text.split(":") if part.strip())
     if spec.kind == "model":
@@ -166,6 +179,11 @@ def parse_parameters(parameters: Mapping[str, str], check_paths: bool = True) ->
         for folder in fields["tool_path"]:
             if not os.path.isdir(folder):
                 raise ConfigError(f"parameter 'tool_path': {folder!r} is not a directory")
+        template = fields["chat_template"]
+        if template.endswith(".jinja") and not os.path.isfile(template):
+            raise ConfigError(f"parameter 'chat_template': {template!r} is not a file")
+        if fields["mcp_servers"] is not None and not os.path.isfile(fields["mcp_servers"]):
+            raise ConfigError(f"parameter 'mcp_servers': {fields['mcp_servers']!r} is not a file")
     if isinstance(fields["tool_modules"], str):
         fields["tool_modules"] = _parse("tool_modules", PARAMETERS["tool_modules"], fields["tool_modules"])
     return AgentConfig(limits=AgentLimits(**limits), **fields)

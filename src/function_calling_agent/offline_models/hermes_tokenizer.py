@@ -30,8 +30,8 @@ SPECIAL_TOKENS = (
 
 VOCAB_SIZE = 2000
 
-# Plain ChatML with no tool support: the agent brings its own Hermes tool template, and
-# tests use this to check the path for a tokenizer that lacks one.
+# Plain ChatML with no tool support. Like Hermes-2-Pro's checkpoints, the tokenizer carries two templates: this as
+# `default` and a tool template as `tool_use` (here the agent's built-in Hermes template).
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -138,12 +138,20 @@ def _train_backend():
     return tokenizer
 
 
+# Bumped whenever what build_hermes_tokenizer writes changes, so a cached copy (e.g. under .serve/) is rebuilt.
+VERSION = "2"
+_MARKER = ".hermes-tokenizer-version"
+
+
 def build_hermes_tokenizer(directory: str | os.PathLike, with_chat_template: bool = True) -> str:
-    """Train and save the tokenizer into `directory` (kept if it already holds one); return the path."""
+    """Train and save the tokenizer into `directory` (kept if it already holds this version); return the path."""
     from transformers import PreTrainedTokenizerFast
 
+    from ..chat_format import BUILTIN_HERMES_TEMPLATE
+
     directory = os.fspath(directory)
-    if os.path.isfile(os.path.join(directory, "tokenizer.json")):
+    marker = os.path.join(directory, _MARKER)
+    if os.path.isfile(marker) and open(marker, encoding="utf-8").read().strip() == f"{VERSION} {with_chat_template}":
         return directory
     os.makedirs(directory, exist_ok=True)
     tokenizer = PreTrainedTokenizerFast(
@@ -156,6 +164,8 @@ def build_hermes_tokenizer(directory: str | os.PathLike, with_chat_template: boo
         clean_up_tokenization_spaces=False,
     )
     if with_chat_template:
-        tokenizer.chat_template = CHATML_TEMPLATE
+        tokenizer.chat_template = {"default": CHATML_TEMPLATE, "tool_use": BUILTIN_HERMES_TEMPLATE}
     tokenizer.save_pretrained(directory)
+    with open(marker, "w", encoding="utf-8") as f:
+        f.write(f"{VERSION} {with_chat_template}\n")
     return directory

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import os
-import shutil
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 def build_tiny_llama(directory: str | os.PathLike, tokenizer_dir: str | os.PathLike) -> str:
     """Save a seeded random Llama (hidden 64, 2 layers) plus the tokenizer files into `directory`; return it."""
     directory = os.fspath(directory)
     tokenizer_dir = os.fspath(tokenizer_dir)
-    if os.path.isfile(os.path.join(directory, "model.safetensors")) and os.path.isfile(
-        os.path.join(directory, "tokenizer.json")
-    ):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if os.path.isfile(os.path.join(directory, "model.safetensors")):
+        tokenizer.save_pretrained(directory)  # the weights are kept; the tokenizer files follow tokenizer_dir
         return directory
 
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -42,8 +40,5 @@ def build_tiny_llama(directory: str | os.PathLike, tokenizer_dir: str | os.PathL
     )
     os.makedirs(directory, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        source = os.path.join(tokenizer_dir, name)
-        if os.path.isfile(source):
-            shutil.copy2(source, os.path.join(directory, name))
+    tokenizer.save_pretrained(directory)
     return directory

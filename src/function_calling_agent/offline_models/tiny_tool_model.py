@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Mapping
@@ -28,7 +27,6 @@ from ..run import AgentLimits, AgentRequest, AgentRun
 from ..tools.execution import ToolExecutor
 from ..tools.spec import ToolSpec
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 MARKER = ".tiny-tool-model-complete"
 
 USER_PROMPT = "Give me Rivian (RIVN) news and stock price"
@@ -180,10 +178,7 @@ def build_tiny_tool_model(directory: str | os.PathLike, tokenizer_dir: str | os.
         bos_token_id=tokenizer.bos_token_id, eos_token_id=end_id, pad_token_id=tokenizer.pad_token_id)
     os.makedirs(directory, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        source = os.path.join(os.fspath(tokenizer_dir), name)
-        if os.path.isfile(source):
-            shutil.copy2(source, os.path.join(directory, name))
+    tokenizer.save_pretrained(directory)
     with open(os.path.join(directory, MARKER), "w", encoding="utf-8") as f:
         f.write(f"steps={step} min_margin={margin:.2f} seconds={time.monotonic() - started:.1f}\n")
     return directory

@@ -19,7 +19,8 @@ class ToolSpec:
     """One tool the model may call.
 
     `parameters` is the OpenAI-style JSON schema of the arguments (an object schema). `fn` is called with keyword
-    arguments only, after validation. `timeout_s` None means the server's default tool timeout.
+    arguments only, after validation. `timeout_s` None means the server's default tool timeout. `server` is the
+    label of the MCP server the tool comes from (None for module tools).
     """
 
     name: str
@@ -28,6 +29,7 @@ class ToolSpec:
     fn: Callable[..., Any]
     timeout_s: Optional[float] = None
     validator: type[pydantic.BaseModel] = dataclasses.field(default=None, compare=False, repr=False)
+    server: Optional[str] = None
 
     def __post_init__(self):
         if not self.name or not self.name.replace("_", "a").replace("-", "a").isalnum():

@@ -1,0 +1,99 @@
+"""The `tensorrt_llm` tensor contract as the agent speaks it: one `EngineRequest` to input arrays, and response
+arrays back to an `EngineOutput`. Every engine transport (BLS today) uses these two functions, so the tensor names,
+types and shapes live in one place.
+
+Inputs (TensorRT-LLM's `tensorrt_llm` model; with `max_batch_size > 0` every input has a leading batch dim of 1):
+  input_ids INT32 [1, L], input_lengths INT32 [1, 1], request_output_len INT32 [1, 1] (required);
+  end_id, pad_id INT32 [1, 1]; streaming, exclude_input_in_output, return_perf_metrics BOOL [1, 1];
+  sampling (temperature, runtime_top_k, runtime_top_p, random_seed|seed, penalties) [1, 1];
+  bad_words_list, stop_words_list INT32 [1, 2, W] (ids, then cumulative end offsets padded with -1).
+Only inputs the engine declares are sent (an engine's config.pbtxt says which optional inputs it takes).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping, Optional
+
+import numpy as np
+
+from ..engine import EngineOutput, EngineRequest
+from .contract import SAMPLING_ENGINE_INPUTS
+
+REQUIRED_INPUTS = ("input_ids", "input_lengths", "request_output_len")
+# Outputs the agent reads, when the engine declares them: the ids, and how many prompt tokens it reused.
+OUTPUTS = ("output_ids", "prefix_reused_tokens")
+_SAMPLING_DTYPES = {"top_k": np.int32, "random_seed": np.uint64}
+
+
+def words_tensor(words: Iterable[Iterable[int]]) -> np.ndarray:
+    """TRT-LLM word-list format [1, 2, L]: concatenated ids, then cumulative end offsets padded with -1."""
+    flat: list[int] = []
+    offsets: list[int] = []
+    for word in words:
+        flat.extend(word)
+        offsets.append(len(flat))
+    width = max(len(flat), 1)
+    array = np.full((1, 2, width), -1, dtype=np.int32)
+    array[0, 0, :] = 0
+    array[0, 0, : len(flat)] = flat
+    array[0, 1, : len(offsets)] = offsets
+    return array
+
+
+def engine_inputs(request: EngineRequest, declared: frozenset) -> dict[str, np.ndarray]:
+    """The input arrays for one engine turn, by tensor name, limited to what the engine declares."""
+    ids = np.asarray(request.prompt_ids, dtype=np.int32).reshape(1, -1)
+    arrays = {
+        "input_ids": ids,
+        "input_lengths": np.array([[ids.shape[1]]], dtype=np.int32),
+        "request_output_len": np.array([[request.max_tokens]], dtype=np.int32),
+    }
+    optional = {
+        "end_id": np.array([[request.end_id]], dtype=np.int32),
+        "pad_id": np.array([[request.pad_id]], dtype=np.int32),
+        "streaming": np.array([[True]], dtype=np.bool_),
+        "exclude_input_in_output": np.array([[True]], dtype=np.bool_),
+        "return_perf_metrics": np.array([[True]], dtype=np.bool_),
+    }
+    arrays.update({name: value for name, value in optional.items() if name in declared})
+    for client_name, value in request.sampling.given().items():
+        engine_name = next(n for n in SAMPLING_ENGINE_INPUTS[client_name] if n in declared)
+        arrays[engine_name] = np.array([[value]], dtype=_SAMPLING_DTYPES.get(client_name, np.float32))
+    if request.bad_words and "bad_words_list" in declared:
+        arrays["bad_words_list"] = words_tensor(request.bad_words)
+    if request.stop_words and "stop_words_list" in declared:
+        arrays["stop_words_list"] = words_tensor(request.stop_words)
+    return arrays
+
+
+def stop_inputs() -> dict[str, np.ndarray]:
+    """TRT-LLM's stop request: sent with the running request's id, dummy inputs and `stop=true`."""
+    return {
+        "input_ids": np.array([[0]], dtype=np.int32),
+        "input_lengths": np.array([[1]], dtype=np.int32),
+        "request_output_len": np.array([[0]], dtype=np.int32),
+        "stop": np.array([[True]], dtype=np.bool_),
+    }
+
+
+def engine_output(get: Callable[[str], Optional[np.ndarray]]) -> Optional[EngineOutput]:
+    """One streamed response as an EngineOutput; `get(name)` returns an output's array or None. None for a
+    response without ids (a trailing empty FINAL)."""
+    ids = get("output_ids")
+    if ids is None:
+        return None
+    # Streaming responses hold only the new ids: [batch, beam, new] with one beam.
+    flat = ids[0, 0] if ids.ndim == 3 else ids.reshape(-1)
+    reused = get("prefix_reused_tokens")
+    return EngineOutput(tuple(flat.tolist()), None if reused is None else int(reused.reshape(-1)[0]))
+
+
+def requested_outputs(declared_outputs: Iterable[str]) -> list[str]:
+    declared = set(declared_outputs) | {"output_ids"}
+    return [name for name in OUTPUTS if name in declared]
+
+
+def check_required(model_name: str, declared: Mapping | frozenset) -> None:
+    missing = set(REQUIRED_INPUTS) - set(declared)
+    if missing:
+        raise ValueError(f"engine model {model_name!r} lacks required inputs {sorted(missing)}")
