@@ -114,11 +114,8 @@ def padded_tokenizer(directory: Path) -> Path:
     for token_id in range(max(vocab.values()) + 1, VOCAB_SIZE):
         vocab[f"\u0120~{token_id}"] = token_id  # \u0120: the byte-level form of a leading space
     target = directory / "tokenizer"
-    target.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(base, target, dirs_exist_ok=True)  # its chat templates and config as they are
     (target / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    for name in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
-        if (base / name).is_file():
-            shutil.copy2(base / name, target / name)
     return target
 
 
