@@ -180,12 +180,17 @@ def agent_ttft(repository: Path, log_path: Path) -> AgentTiming:
         server.stop()
 
 
-def configure_cpu(out: Path, engine: str, tokenizer_dir: Path, model: Path) -> Path:
+def configure_cpu(out: Path, engine: str, tokenizer_dir: Path, model: Path, threads: int) -> Path:
     from deploy.configure_repository import configure
+    from function_calling_agent.model_config import set_parameter
 
     values = {"engine": engine, "tokenizer_dir": str(tokenizer_dir), "tool_modules": FINANCE_TOOLS}
     values["model_dir" if engine == "torch" else "gguf_path"] = str(model)
     configure("cpu", out, values, overwrite=True)
+    if threads:
+        config = out / "tensorrt_llm" / "config.pbtxt"
+        key = "torch_threads" if engine == "torch" else "threads"
+        config.write_text(set_parameter(config.read_text(encoding="utf-8"), key, str(threads)), encoding="utf-8")
     return out
 
 
@@ -220,18 +225,24 @@ def run_arch(arch: str, args, work: Path, tokenizer_dir: Path) -> list[tuple[str
         engine.close()
     log(f"torch: prefill {torch_speed.prefill_rate:.1f} tokens/s, decode {torch_speed.decode_ms:.0f} ms/token")
 
+    # The weights are the same on every run (a seeded block), so a --work-dir run reuses what an earlier one wrote.
     checkpoint = work / arch / "checkpoint"
-    model.to(torch.bfloat16).save_pretrained(checkpoint, safe_serialization=True)  # the torch server casts back
+    if not (checkpoint / "config.json").is_file():
+        model.to(torch.bfloat16).save_pretrained(checkpoint, safe_serialization=True)  # the torch server casts back
     del model, engine
     gc.collect()
 
-    started = time.perf_counter()
-    f16 = write_gguf(checkpoint, work / arch / f"{arch}-f16.gguf", dtype="f16", tokenizer_dir=tokenizer_dir)
-    converted_s = time.perf_counter() - started
-    gguf = quantize_gguf(f16, work / arch / f"{arch}-{args.quant.lower()}.gguf", args.quant)
-    f16.unlink()
-    log(f"GGUF {args.quant}: {gguf.stat().st_size / 2**20:.0f} MiB (converted in {converted_s:.0f} s, quantized in "
-        f"{time.perf_counter() - started - converted_s:.0f} s)")
+    gguf = work / arch / f"{arch}-{args.quant.lower()}.gguf"
+    if gguf.is_file():
+        log(f"GGUF {args.quant}: {gguf.stat().st_size / 2**20:.0f} MiB (from an earlier run)")
+    else:
+        started = time.perf_counter()
+        f16 = write_gguf(checkpoint, work / arch / f"{arch}-f16.gguf", dtype="f16", tokenizer_dir=tokenizer_dir)
+        converted_s = time.perf_counter() - started
+        quantize_gguf(f16, gguf, args.quant)
+        f16.unlink()
+        log(f"GGUF {args.quant}: {gguf.stat().st_size / 2**20:.0f} MiB (converted in {converted_s:.0f} s, quantized "
+            f"in {time.perf_counter() - started - converted_s:.0f} s)")
     threads = args.threads or len(os.sched_getaffinity(0))
     llama = LlamaCppEngine(LlamaModel(gguf, ContextSettings(n_ctx=max(context, 1024), n_seq_max=1, n_batch=513,
                                                             n_threads=threads, n_threads_batch=threads)),
@@ -249,7 +260,8 @@ def run_arch(arch: str, args, work: Path, tokenizer_dir: Path) -> list[tuple[str
     if args.agent:
         timings = {}
         for engine_name, model_path in (("torch", checkpoint), ("llamacpp", gguf)):
-            repository = configure_cpu(work / arch / f"repo-{engine_name}", engine_name, tokenizer_dir, model_path)
+            repository = configure_cpu(work / arch / f"repo-{engine_name}", engine_name, tokenizer_dir, model_path,
+                                       args.threads)
             timings[engine_name] = agent_ttft(repository, work / arch / f"tritonserver-{engine_name}.log")
             log(f"agent on {engine_name}: server ready in {timings[engine_name].load_s:.0f} s, first answer token "
                 f"after {timings[engine_name].ttft_s:.1f} s ({timings[engine_name].prompt_tokens} prompt tokens)")
@@ -266,7 +278,8 @@ def main(argv=None) -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--prefill-budget-s", type=float, default=120.0)
     parser.add_argument("--decode-budget-s", type=float, default=30.0)
-    parser.add_argument("--threads", type=int, default=0, help="threads of both engines (0: their defaults)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads of both engines, in-process and on the servers (0: their defaults, all cores)")
     parser.add_argument("--no-agent", dest="agent", action="store_false", help="skip the agent runs on tritonserver")
     parser.add_argument("--work-dir", help="keep models, repositories and server logs here (default: a temp dir)")
     args = parser.parse_args(argv)
