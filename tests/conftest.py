@@ -55,6 +55,14 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, hermes_tokenizer_di
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), hermes_tokenizer_dir)
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: str) -> str:
+    """The tiny random Llama as a float32 GGUF (exact, so llama.cpp's greedy tokens match torch's)."""
+    from function_calling_agent.llamacpp_engine.convert import write_gguf
+
+    return str(write_gguf(tiny_llama_dir, tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama-f32.gguf", dtype="f32"))
+
+
 @pytest.fixture(scope="module")
 def tokenizer(hermes_tokenizer_dir: str):
     """The offline Hermes-shaped tokenizer, loaded once per module."""

@@ -1,7 +1,8 @@
-"""The cpu profile end to end: configure_repository's output on a real tritonserver, function_calling_agent over the
-CPU engine, with a tiny model trained to call two tools and answer (function_calling_agent.offline_models.
-tiny_tool_model), and the README's main command (`python -m deploy.serve`) started and stopped as a user would: the
-plumbing check, and the offline demo (the tiny model trained on the finance tools, which fail fast offline).
+"""The cpu profile end to end: configure_repository's output on a real tritonserver, function_calling_agent over
+either CPU engine (torch, and llama.cpp on the same weights converted to GGUF), with a tiny model trained to call two
+tools and answer (function_calling_agent.offline_models.tiny_tool_model), and the README's main command
+(`python -m deploy.serve`) started and stopped as a user would: the plumbing check, and the offline demo (the tiny
+model trained on the finance tools, which fail fast offline).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tests.support.serve_process import ServeRun
 
 pytestmark = pytest.mark.integration
 
-TURNS_REPORT = Path("/tmp/fca_cpu_profile_turns.txt")
+TURNS_REPORT = "/tmp/fca_cpu_profile_turns_{engine}.txt"
 MARKUP = ("<tool_call>", "</tool_call>", "<tool_response>", "<|im_end|>", "<|im_start|>")
 
 # Three engine turns: a price call, a news call after the price result, the answer after the news result.
@@ -51,18 +52,28 @@ def tool_model_dir(tmp_path_factory, hermes_tokenizer_dir) -> str:
                                  [scripted_tools()])
 
 
-@pytest.fixture(scope="module")
-def cpu_repository(tmp_path_factory, tool_model_dir) -> Path:
-    out = tmp_path_factory.mktemp("cpu-profile") / "model_repository"
-    configure("cpu", out, {"tokenizer_dir": tool_model_dir, "model_dir": tool_model_dir,
-                           "tool_modules": "scripted_tools", "tool_path": str(TEST_TOOL_MODULES)})
+@pytest.fixture(scope="module", params=["torch", "llamacpp"])
+def cpu_repository(request, tmp_path_factory, tool_model_dir) -> tuple[str, Path]:
+    engine = request.param
+    out = tmp_path_factory.mktemp(f"cpu-profile-{engine}") / "model_repository"
+    values = {"tokenizer_dir": tool_model_dir, "tool_modules": "scripted_tools", "tool_path": str(TEST_TOOL_MODULES)}
+    if engine == "torch":
+        values["model_dir"] = tool_model_dir
+    else:
+        from function_calling_agent.llamacpp_engine.convert import write_gguf
+
+        # float32: the trained margins (offline_models.tiny_tool_model.MIN_MARGIN) survive the f16 KV cache.
+        gguf = write_gguf(tool_model_dir, tmp_path_factory.mktemp("tiny-tool-gguf") / "tool-model-f32.gguf", "f32")
+        values.update(engine="llamacpp", gguf_path=str(gguf))
+    configure("cpu", out, values)
     engine_config = out / "tensorrt_llm" / "config.pbtxt"
     text = engine_config.read_text(encoding="utf-8")
-    if "torch_threads" in text:  # two cores shared with the test process and the agent
-        text, count = re.subn(r'(key:\s*"torch_threads"\s*value:\s*\{\s*string_value:\s*)"[^"]*"', r'\1"1"', text)
-        assert count == 1, "could not set torch_threads in the generated engine config"
-        engine_config.write_text(text, encoding="utf-8")
-    return out
+    # two cores shared with the test process and the agent
+    text, count = re.subn(r'(key:\s*"(?:torch_threads|threads)"\s*value:\s*\{\s*string_value:\s*)"[^"]*"', r'\1"1"',
+                          text)
+    assert count == 1, "could not set the threads in the generated engine config"
+    engine_config.write_text(text, encoding="utf-8")
+    return engine, out
 
 
 def _json_field(value):
@@ -93,9 +104,10 @@ def _check_conversation(label: str, finish_reason: str, text: str, usage: dict, 
 def test_cpu_profile_runs_three_turns_with_prefix_reuse(triton_server_factory, cpu_repository, tool_model_dir):
     from transformers import AutoTokenizer
 
+    engine, repository = cpu_repository
     transcript = agent_transcripts(AutoTokenizer.from_pretrained(tool_model_dir), [CONVERSATION], scripted_tools())
     expected_prompts = transcript["rivn"].prompts
-    server = triton_server_factory(cpu_repository)
+    server = triton_server_factory(repository)
 
     # First request on a fresh server: nothing cached, so turn 1 reuses nothing.
     status, body = http_generate(server.http_url, {"text_input": USER_PROMPT, "max_tokens": 64, "stream": False,
@@ -116,13 +128,13 @@ def test_cpu_profile_runs_three_turns_with_prefix_reuse(triton_server_factory, c
     assert streamed == body["text_output"]
     assert 0 < grpc_turns[0][2] < grpc_turns[0][0], grpc_turns
 
-    lines = ["per engine turn: (prompt_tokens, generated_tokens, reused_prompt_tokens)"]
+    lines = [f"{engine} engine, per engine turn: (prompt_tokens, generated_tokens, reused_prompt_tokens)"]
     for label, turns in (("HTTP generate, fresh server", http_turns), ("gRPC stream, second request", grpc_turns)):
         lines.append(f"{label}:")
         lines += [f"  turn {i + 1}: prompt={p} generated={g} reused={r}" for i, (p, g, r) in enumerate(turns)]
     report = "\n".join(lines) + "\n"
     print("\n" + report)
-    TURNS_REPORT.write_text(report, encoding="utf-8")
+    Path(TURNS_REPORT.format(engine=engine)).write_text(report, encoding="utf-8")
 
 
 def test_serve_plumbing_check_answers_and_stops_on_sigterm(tmp_path):
