@@ -2,14 +2,19 @@
 """Ask function_calling_agent a question from the command line; the agent runs the tool calls on the server.
 
     python client/client.py --streaming --output-len 1000 --prompt "Give me Rivian (RIVN) news and stock price"
+    python client/client.py --tools get_current_stock_price --messages history.json -p "And NVDA?"
 
 Compatible with the seed tutorial's client flags (-u, -p, -S, -o, --temperature, --model-name, -v). The answer goes
 to stdout (token by token with --streaming); with -v the tool trace, finish_reason and usage follow on stderr.
+--messages continues a conversation (a JSON file or JSON text: a list of OpenAI-style messages, or an object with
+"messages", such as a tool_trace printed by -v); with --prompt too, the prompt is added as the last user message.
+--tools narrows the server's tools for this request (comma-separated names). Input names and types come from the
+agent's client contract (`function_calling_agent.adapter.contract`).
 gRPC (default, localhost:8001) uses tritonclient's streaming API, as decoupled models require; HTTP (localhost:8000)
 uses Triton's `generate` / `generate_stream` endpoints, since tritonclient's HTTP client has no generate call.
 
-Exit codes: 0 answered; 1 the server answered with an error ("error: <message>"); 2 Triton cannot be reached;
-130 interrupted with Ctrl-C (the request is cancelled on the server first).
+Exit codes: 0 answered; 1 the server answered with an error ("error: <message>"); 2 Triton cannot be reached (or
+a usage error, from argparse); 130 interrupted with Ctrl-C (the request is cancelled on the server first).
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import queue
 import signal
 import sys
 import uuid
 from typing import Callable, Optional, Sequence, TextIO
+
+from function_calling_agent.adapter.contract import CLIENT_INPUTS
 
 EXIT_OK = 0
 EXIT_SERVER_ERROR = 1
@@ -67,9 +75,45 @@ def _json_or_raw(value: Optional[str]):
         return value
 
 
+def load_messages(value: str) -> list:
+    """--messages: "-" (stdin), a file, or JSON text; a list of messages or an object holding "messages".
+
+    Raises ValueError with a one-line reason. The server validates the messages themselves."""
+    if value == "-":
+        text, source = sys.stdin.read(), "stdin"
+    elif os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            text, source = f.read(), value
+    else:
+        text, source = value, None
+    try:
+        loaded = json.loads(text)
+    except ValueError as exc:
+        where = f"{source} is not valid JSON" if source else "not a file, and not valid JSON"
+        raise ValueError(f"--messages: {where} ({exc})") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("messages"), list):
+        loaded = loaded["messages"]
+    if not isinstance(loaded, list):
+        raise ValueError('--messages must hold a JSON list like [{"role": "user", "content": "..."}] '
+                         'or an object with "messages"')
+    return loaded
+
+
 def request_fields(args: argparse.Namespace) -> dict:
-    """The agent's inputs for this invocation, by name (JSON-compatible values)."""
-    fields = {"text_input": args.prompt, "max_tokens": args.output_len, "stream": bool(args.streaming)}
+    """The agent's inputs for this invocation, by name (JSON-compatible values; list inputs as lists).
+
+    Raises ValueError for a --messages value that cannot be read."""
+    fields: dict = {"max_tokens": args.output_len, "stream": bool(args.streaming)}
+    if args.messages is not None:
+        messages = load_messages(args.messages)
+        if args.prompt is not None:
+            messages = messages + [{"role": "user", "content": args.prompt}]
+        # The HTTP generate endpoints cannot take a JSON array of objects for a STRING input: send JSON text.
+        fields["messages"] = json.dumps(messages, ensure_ascii=False)
+    else:
+        fields["text_input"] = args.prompt
+    if args.tools is not None:
+        fields["tools"] = [name.strip() for name in args.tools.split(",") if name.strip()]
     if args.temperature is not None:
         fields["temperature"] = args.temperature
     if args.verbose:
@@ -81,22 +125,17 @@ def request_fields(args: argparse.Namespace) -> dict:
 def _grpc_inputs(fields: dict):
     import numpy as np
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
 
-    kinds = {
-        "text_input": (np.object_, "BYTES"),
-        "max_tokens": (np.int32, "INT32"),
-        "stream": (np.bool_, "BOOL"),
-        "temperature": (np.float32, "FP32"),
-        "return_trace": (np.bool_, "BOOL"),
-    }
     inputs = []
     for name, value in fields.items():
-        dtype, triton_type = kinds[name]
-        if dtype is np.object_:
-            array = np.array([[value.encode("utf-8")]], dtype=np.object_)
+        spec = CLIENT_INPUTS[name]
+        row = list(value) if isinstance(value, (list, tuple)) else [value]  # shape [1, N] or [1, 1]
+        if spec.numpy_type is np.object_:
+            array = np.array([[v.encode("utf-8") for v in row]], dtype=np.object_).reshape(1, len(row))
         else:
-            array = np.array([[value]], dtype=dtype)
-        tensor = grpcclient.InferInput(name, list(array.shape), triton_type)
+            array = np.array([row], dtype=spec.numpy_type)
+        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
     return inputs
@@ -276,7 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="client.py", description="Ask function_calling_agent on a Triton server; tools run server-side.")
     parser.add_argument("-u", "--url", default=None,
                         help="Triton address (default localhost:8001 for grpc, localhost:8000 for http)")
-    parser.add_argument("-p", "--prompt", required=True, help="the user's question")
+    parser.add_argument("-p", "--prompt", help="the user's question (needed unless --messages is given)")
+    parser.add_argument("--messages", metavar="FILE_OR_JSON",
+                        help='continue a conversation: a JSON file ("-" for stdin) or JSON text, a list of '
+                             'OpenAI-style messages or an object with "messages" (e.g. a saved tool_trace); '
+                             "--prompt is then added as the last user message")
+    parser.add_argument("--tools", metavar="NAME,NAME",
+                        help="only these of the server's tools for this request (comma-separated; \"\" for none)")
     parser.add_argument("-S", "--streaming", action="store_true", help="print the answer token by token")
     parser.add_argument("-o", "--output-len", type=int, default=100, help="max tokens per engine turn (default 100)")
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: server's)")
@@ -288,11 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.prompt is None and args.messages is None:
+        parser.error("give --prompt, --messages, or both")
+    try:
+        fields = request_fields(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     # A shell that starts us in the background may have set SIGINT to "ignore"; Ctrl-C must still cancel.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     url = args.url or DEFAULT_URLS[args.protocol]
-    fields = request_fields(args)
     wrote = [False]
 
     def on_text(text: str) -> None:

@@ -1,8 +1,10 @@
 """Assemble a deployable Triton model repository for one profile and fill every `${name}` placeholder in it.
 
 Profiles:
-  cpu  ours only: model_repository/function_calling_agent, and model_repository/tensorrt_llm_cpu copied into the
-       `tensorrt_llm` slot (the agent calls its engine by that name on both profiles).
+  cpu  ours only: model_repository/function_calling_agent, and one of our CPU engines copied into the `tensorrt_llm`
+       slot (the agent calls its engine by that name on both profiles), chosen with the value `engine`:
+       `torch` (model_repository/tensorrt_llm_cpu: a Hugging Face checkpoint, ${model_dir}; the default) or
+       `llamacpp` (model_repository/tensorrt_llm_llamacpp: a GGUF file, ${gguf_path}, checked against ${tokenizer_dir}).
   gpu  the stock `inflight_batcher_llm` models of the pinned TensorRT-LLM release (--stock-dir, fetched at deploy time
        by deploy/fetch_stock_models.sh, never committed) plus our function_calling_agent.
 
@@ -30,6 +32,7 @@ Every generated config.pbtxt is parsed with Triton's ModelConfig proto (tritoncl
 
 CLI: python -m deploy.configure_repository --profile cpu|gpu --output DIR [--stock-dir DIR] [--values FILE]
                                           [--set key=value ...] [--force]
+     e.g. --profile cpu --set engine=llamacpp --set gguf_path=/m/model-q4_k_m.gguf --set tokenizer_dir=/m/tokenizer
 """
 
 from __future__ import annotations
@@ -61,7 +64,10 @@ MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 
 AGENT_MODEL = "function_calling_agent"
 ENGINE_MODEL = DEFAULT_ENGINE_MODEL
-CPU_ENGINE_SOURCE = "tensorrt_llm_cpu"
+# `engine` (a value of the cpu profile, not a placeholder) -> the model folder that fills the tensorrt_llm slot.
+CPU_ENGINES: Mapping[str, str] = {"torch": "tensorrt_llm_cpu", "llamacpp": "tensorrt_llm_llamacpp"}
+DEFAULT_CPU_ENGINE = "torch"
+ENGINE_SELECTOR = "engine"
 STOCK_MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls")
 CONFIG_FILE = "config.pbtxt"
 
@@ -84,7 +90,7 @@ CPU_DEFAULTS: Mapping[str, str] = {
     # A 1.5B model on two cores prefills a first tool prompt in about a minute.
     "request_timeout_seconds": "600",
     "engine_idle_timeout_seconds": "300",
-    # tokenizer_dir and model_dir have no default: the caller passes the checkpoint directory.
+    # tokenizer_dir and model_dir (torch) or gguf_path (llamacpp) have no default: the caller passes the model.
 }
 
 # Every variable of the TensorRT-LLM 1.0.0 inflight_batcher_llm templates (deploy/versions.env), valued for the agent.
@@ -180,10 +186,11 @@ class Profile:
     defaults: Mapping[str, str]
     uses_stock_models: bool
 
-    def sources(self, model_repository: Path, stock_dir: Path | None) -> list[ModelSource]:
+    def sources(self, model_repository: Path, stock_dir: Path | None,
+                engine: str = DEFAULT_CPU_ENGINE) -> list[ModelSource]:
         agent = ModelSource(model_repository / AGENT_MODEL, AGENT_MODEL)
         if not self.uses_stock_models:
-            return [agent, ModelSource(model_repository / CPU_ENGINE_SOURCE, ENGINE_MODEL)]
+            return [agent, ModelSource(model_repository / CPU_ENGINES[engine], ENGINE_MODEL)]
         assert stock_dir is not None
         return [ModelSource(stock_dir / name, name) for name in STOCK_MODELS] + [agent]
 
@@ -354,10 +361,16 @@ def configure(
     if not chosen.uses_stock_models and stock_dir is not None:
         raise ConfigureError(f"--stock-dir is only for the gpu profile, not {profile!r}")
     user_values = {_check_key(k, "values"): _render(k, v) for k, v in values.items()}
+    engine = user_values.pop(ENGINE_SELECTOR, DEFAULT_CPU_ENGINE)
+    if chosen.uses_stock_models and ENGINE_SELECTOR in values:
+        raise ConfigureError(f"{ENGINE_SELECTOR!r} chooses the engine of the cpu profile; the {profile} profile "
+                             "runs the stock TensorRT-LLM models")
+    if engine not in CPU_ENGINES:
+        raise ConfigureError(f"unknown {ENGINE_SELECTOR} {engine!r}: choose one of {', '.join(CPU_ENGINES)}")
     output = Path(output).resolve()
     if output.exists() and not (output.is_dir() and not any(output.iterdir())) and not overwrite:
         raise ConfigureError(f"{output} exists and is not empty (use --force to replace it)")
-    sources = chosen.sources(Path(model_repository), Path(stock_dir) if stock_dir is not None else None)
+    sources = chosen.sources(Path(model_repository), Path(stock_dir) if stock_dir is not None else None, engine)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
@@ -421,12 +434,48 @@ def make_agent_model(
     return target
 
 
+def _profile_keys(profile: Profile) -> tuple[list[str], dict[str, str]]:
+    """(required keys, keys with their defaults) a profile fills. The gpu templates come from --stock-dir, so its keys
+    are the defaults, which cover the pinned release's templates exactly (tests check that), plus the agent's."""
+    used: set[str] = set()
+    if profile.uses_stock_models:
+        used |= set(profile.defaults)
+        sources = [ModelSource(MODEL_REPOSITORY / AGENT_MODEL, AGENT_MODEL)]
+    else:
+        sources = profile.sources(MODEL_REPOSITORY, None)
+    for source in sources:
+        config = source.folder / CONFIG_FILE
+        used |= find_placeholders(config.read_text(encoding="utf-8"), config)
+    required = sorted(used - set(profile.defaults))
+    return required, {key: profile.defaults[key] for key in sorted(used & set(profile.defaults))}
+
+
+def _keys_help(width: int = 116) -> str:
+    import textwrap
+
+    lines = []
+    for name, profile in PROFILES.items():
+        required, defaults = _profile_keys(profile)
+        lines.append(f"keys of the {name} profile (--set KEY=VALUE or --values):")
+        lines.append(textwrap.fill("required: " + ", ".join(required), width, initial_indent="  ",
+                                   subsequent_indent="    "))
+        shown = ", ".join(f"{key}={value!r}" if value == "" else f"{key}={value}" for key, value in defaults.items())
+        lines.append(textwrap.fill("with defaults: " + shown, width, initial_indent="  ", subsequent_indent="    ",
+                                   break_on_hyphens=False))
+    lines.append(textwrap.fill(
+        "Any parameter of function_calling_agent may be --set too, and is written into its config.pbtxt (README "
+        "\"Configuration\"): " + ", ".join(sorted(AGENT_PARAMETERS)), width, break_on_hyphens=False))
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.configure_repository",
         description="Assemble and fill a Triton model repository for the cpu or gpu profile.",
+        epilog=_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--profile", required=True, choices=sorted(PROFILES))
+    parser.add_argument("--profile", required=True, choices=sorted(PROFILES),
+                        help="cpu: our agent + the CPU engine; gpu: the stock TensorRT-LLM models + our agent")
     parser.add_argument("--output", required=True, help="directory to write the repository to")
     parser.add_argument("--stock-dir", help="gpu: the stock triton_backend/all_models/inflight_batcher_llm folder")
     parser.add_argument("--values", help="values file: a JSON object or KEY=VALUE lines")

@@ -20,7 +20,7 @@ if [[ -f "$marker" ]]; then
         exit 0
     fi
     # Refuse rather than mix two models' files in one directory.
-    log "error: $dir holds '$have', not '$want': choose another directory (MODEL_NAME / --checkpoint-dir)"
+    log "error: $dir holds '$have', not '$want': choose another directory (CHECKPOINT_DIR / --checkpoint-dir)"
     exit 1
 fi
 

@@ -2,25 +2,35 @@
 # The triton service of the gpu profile (docker-compose.yml), inside the image from deploy/Dockerfile:
 # fetch the pinned stock models, fill the repository for this engine, and run tritonserver in the foreground.
 #
-# Environment: CHECKPOINT_DIR (tokenizer), ENGINE_DIR (from the engine-build service) are required;
-# TP_SIZE (default 1), MAX_BATCH_SIZE (64), MAX_SEQ_LEN (8192), TRTLLM_SOURCES_DIR (/trtllm-sources),
-# MODEL_REPOSITORY_DIR (/tmp/model_repository), CONFIGURE_VALUES (an optional values file for configure_repository),
+# Environment: HF_MODEL (default NousResearch/Hermes-2-Pro-Llama-3-8B) and the build settings TRTLLM_DTYPE,
+# TP_SIZE (1), MAX_BATCH_SIZE (64), MAX_SEQ_LEN (8192), MAX_INPUT_LEN (MAX_SEQ_LEN - 1024) name the checkpoint and
+# engine folders the engine-build service wrote (deploy/model_paths.sh); CHECKPOINT_DIR / ENGINE_DIR override them.
+# TOOL_MODULES (function_calling_agent.tools.finance) and TOOL_PATH (folders of your tool modules, e.g. the mounted
+# /tools; docs/tools.md) set the tools. TRTLLM_SOURCES_DIR (/trtllm-sources), MODEL_REPOSITORY_DIR
+# (/tmp/model_repository), CONFIGURE_VALUES (an optional values file for configure_repository),
 # HTTP_PORT/GRPC_PORT/METRICS_PORT (8000/8001/8002), MCP_SERVERS_FILE (optional: the agent's mcp_servers file,
 # docs/mcp.md).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$(dirname "$here")"
-
-: "${CHECKPOINT_DIR:?set CHECKPOINT_DIR to the Hugging Face checkpoint (tokenizer) directory}"
-: "${ENGINE_DIR:?set ENGINE_DIR to the TensorRT-LLM engine directory}"
+# shellcheck source=deploy/model_paths.sh
+source "$here/model_paths.sh"
+resolve_model_paths
 tp_size="${TP_SIZE:-1}"
 repository="${MODEL_REPOSITORY_DIR:-/tmp/model_repository}"
 
 [[ -f "$ENGINE_DIR/config.json" ]] || {
-    echo "start_triton_gpu: error: no engine in $ENGINE_DIR: run the engine-build service first" >&2
+    echo "start_triton_gpu: error: no engine in $ENGINE_DIR: run the engine-build service first (same HF_MODEL and build settings)" >&2
     exit 1
 }
+tool_args=(--set "tool_modules=${TOOL_MODULES:-function_calling_agent.tools.finance}")
+if [[ -n "${TOOL_PATH:-}" ]]; then
+    for dir in ${TOOL_PATH//:/ }; do
+        [[ -d "$dir" ]] || { echo "start_triton_gpu: error: TOOL_PATH folder $dir does not exist (mount your tools folder there)" >&2; exit 1; }
+    done
+    tool_args+=(--set "tool_path=$TOOL_PATH")
+fi
 
 stock="$("$here/fetch_stock_models.sh" "${TRTLLM_SOURCES_DIR:-/trtllm-sources}" | tail -n 1)"
 configure_args=(
@@ -34,7 +44,8 @@ python3 -m deploy.configure_repository "${configure_args[@]}" \
     --set "tokenizer_dir=$CHECKPOINT_DIR" \
     --set "engine_dir=$ENGINE_DIR" \
     --set "triton_max_batch_size=${MAX_BATCH_SIZE:-64}" \
-    --set "max_context_tokens=${MAX_SEQ_LEN:-8192}"
+    --set "max_context_tokens=${MAX_SEQ_LEN:-8192}" \
+    "${tool_args[@]}"
 
 endpoints=(--http-port "${HTTP_PORT:-8000}" --grpc-port "${GRPC_PORT:-8001}" --metrics-port "${METRICS_PORT:-8002}")
 if [[ "$tp_size" == 1 ]]; then

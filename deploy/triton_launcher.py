@@ -39,6 +39,10 @@ DEFAULT_EXIT_TIMEOUT_S = 5
 _STUB_NAME = "triton_python_backend_stub"
 
 
+# The server is local: never send its requests through HTTP_PROXY (urllib would, unless NO_PROXY names the host).
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 class TritonLaunchError(RuntimeError):
     """The server could not be found, prepared, or brought to ready."""
 
@@ -170,6 +174,21 @@ def perf_analyzer_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _listening_socket_inodes(port: int) -> set[str]:
+    """Inodes of the TCP sockets listening on `port` (from /proc/net; empty where there is none)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -286,7 +305,7 @@ class TritonServer:
                 if taken:
                     raise PortInUse(taken.group(1), taken.group(2), self.log_tail())
                 raise TritonLaunchError(f"tritonserver exited with code {code} before ready:\n{self.log_tail()}")
-            if self._endpoints_ready():
+            if self._endpoints_ready() and self._listens_itself():
                 return self
             if time.monotonic() > deadline:
                 raise TritonLaunchError(f"tritonserver not ready after {timeout:.0f} s:\n{self.log_tail()}")
@@ -294,15 +313,25 @@ class TritonServer:
 
     def _endpoints_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.urls['http']}/v2/health/ready", timeout=2) as response:
+            with _LOCAL.open(f"http://{self.urls['http']}/v2/health/ready", timeout=2) as response:
                 if response.status != 200:
                     return False
             with socket.create_connection((self.host, self.grpc_port), timeout=2):
                 pass
-            with urllib.request.urlopen(f"http://{self.urls['metrics']}/metrics", timeout=2) as response:
+            with _LOCAL.open(f"http://{self.urls['metrics']}/metrics", timeout=2) as response:
                 return response.status == 200
         except (urllib.error.URLError, ConnectionError, OSError):
             return False
+
+    def _listens_itself(self) -> bool:
+        """Whether this process holds the listening sockets: a port picked free may have been taken by another
+        server meanwhile, whose endpoints would answer for ours until ours fails to bind it and exits."""
+        try:
+            sockets = {os.readlink(f"/proc/{self.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{self.pid}/fd")}
+        except OSError:  # no /proc (not Linux), or the process just exited: poll() tells which next round
+            return not Path("/proc/self/fd").is_dir()
+        return all(sockets & {f"socket:[{inode}]" for inode in _listening_socket_inodes(port)}
+                   for port in (self.http_port, self.grpc_port, self.metrics_port))
 
     def launch(self, timeout: float = 60.0, attempts: int = 5) -> "TritonServer":
         """start() and wait_ready(); when a port we picked was taken meanwhile, pick new ones and start again."""
@@ -323,7 +352,7 @@ class TritonServer:
         raise AssertionError("unreachable")
 
     def server_metadata(self) -> dict:
-        with urllib.request.urlopen(f"http://{self.urls['http']}/v2", timeout=5) as response:
+        with _LOCAL.open(f"http://{self.urls['http']}/v2", timeout=5) as response:
             return json.loads(response.read())
 
     def stop(self, timeout: float = 30.0) -> int | None:

@@ -16,7 +16,7 @@
 #   --max-seq-len N       [MAX_SEQ_LEN]     prompt + output tokens, default 8192 (Llama-3 context)
 #   --max-input-len N     [MAX_INPUT_LEN]   default max-seq-len - 1024
 #   --max-num-tokens N    [MAX_NUM_TOKENS]  tokens per engine iteration, default 8192
-#   --checkpoint-dir DIR  [CHECKPOINT_DIR]  default /checkpoints/<model name>
+#   --checkpoint-dir DIR  [CHECKPOINT_DIR]  default /checkpoints/<model name>       (deploy/model_paths.sh)
 #   --output DIR          [ENGINE_DIR]      default /engines/<model name>/<dtype>-tp<N>-bs<B>-seq<S>-in<I>
 #   --work-dir DIR        [ENGINE_WORK_DIR] converted checkpoints, default /engines/.work
 #   --sources-dir DIR     [TRTLLM_SOURCES_DIR] TensorRT-LLM sources cache, default /trtllm-sources
@@ -27,8 +27,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 # shellcheck source=deploy/versions.env
 source "$root/deploy/versions.env"
+# shellcheck source=deploy/model_paths.sh
+source "$root/deploy/model_paths.sh"
 
-model="${HF_MODEL:-NousResearch/Hermes-2-Pro-Llama-3-8B}"
+model="${HF_MODEL:-$DEFAULT_GPU_MODEL}"
 revision="${HF_REVISION:-main}"
 dtype="${TRTLLM_DTYPE:-bfloat16}"
 tp_size="${TP_SIZE:-1}"
@@ -73,9 +75,9 @@ max_input_len="${max_input_len:-$((max_seq_len - 1024))}"
 [[ "$max_input_len" =~ ^[1-9][0-9]*$ ]] || die "--max-input-len must be a positive integer, not '$max_input_len'"
 ((max_input_len < max_seq_len)) || die "--max-input-len ($max_input_len) must be below --max-seq-len ($max_seq_len)"
 
-name="$(basename "$model")"
-checkpoint_dir="${checkpoint_dir:-/checkpoints/$name}"
-engine_dir="${engine_dir:-/engines/$name/$dtype-tp$tp_size-bs$max_batch_size-seq$max_seq_len-in$max_input_len}"
+name="$(model_name_of "$model")"
+checkpoint_dir="${checkpoint_dir:-$(checkpoint_dir_for "$model")}"
+engine_dir="${engine_dir:-$(engine_dir_for "$model" "$dtype" "$tp_size" "$max_batch_size" "$max_seq_len" "$max_input_len")}"
 converted_dir="$work_dir/$name-$dtype-tp$tp_size"
 marker_name=".build-step"
 

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import HealthCheck, settings
 
 # The repo root is on sys.path through `pythonpath` in pyproject.toml.
 from function_calling_agent.offline_models.hermes_tokenizer import build_hermes_tokenizer
@@ -8,6 +11,14 @@ from function_calling_agent.offline_models.tiny_llama import build_tiny_llama
 from tests.support.triton_server import TritonServerFactory
 
 _FACTORY_KEY = pytest.StashKey[TritonServerFactory]()
+
+# Hypothesis: by default ("ci") every run draws the same examples (derandomize seeds from each test's name and code),
+# so a suite that passed cannot fail by luck and a failure found recurs on every rerun; it is also printed with a
+# @reproduce_failure blob. Tests keep their own example counts. HYPOTHESIS_PROFILE=explore draws fresh examples.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", print_blob=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -42,6 +53,14 @@ def hermes_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, hermes_tokenizer_dir: str) -> str:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), hermes_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: str) -> str:
+    """The tiny random Llama as a float32 GGUF (exact, so llama.cpp's greedy tokens match torch's)."""
+    from function_calling_agent.llamacpp_engine.convert import write_gguf
+
+    return str(write_gguf(tiny_llama_dir, tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama-f32.gguf", dtype="f32"))
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,9 @@
 
 One server serves the whole module. Each test picks its scenario through a marker in the first user message
 (`[single]`, `[two]`, ...); the scripted engine records every turn in requests.jsonl, which the tests read to see
-what the agent sent (prompt lengths, sampling inputs, bad words, stop requests, concurrency).
+what the agent sent (prompt lengths, sampling inputs, bad words, stop requests, concurrency). A test reads only the
+turns its own requests started (entries after the log length it noted, of its scenario) and metric deltas between two
+settled reads, so a turn or count of an earlier test that lands late cannot be taken for its own.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pytest
 import requests
 
 from tests.support.agent_repo import make_agent_model
-from tests.support.fca_client import DATATYPES as _INPUT_TYPES
+from tests.support.fca_client import DATATYPES, settled, value
 
 # Longer than any scripted pause (hanging turns are cancelled or stopped well before), short enough for tests.
 ENGINE_IDLE_TIMEOUT_S = 4
@@ -117,10 +119,9 @@ class Agent:
     def log(self) -> list[dict]:
         return read_request_log(self.engine_dir)
 
-    def metrics(self) -> str:
-        with requests.get(f"http://{self.server.metrics_url}/metrics", timeout=10) as response:
-            response.raise_for_status()
-            return response.text
+    def settled(self) -> list:
+        """Metric samples once no request is in flight in the agent or the engine (and every engine turn is logged)."""
+        return settled(self.server.metrics_url)
 
 
 def _backend_stubs(pid: int) -> list[int]:
@@ -220,8 +221,8 @@ def grpc_inputs(values: dict):
 
     tensors = []
     for name, value in values.items():
-        dtype = _INPUT_TYPES[name]
-        items = value if name == "stop_words" else [value]
+        dtype = DATATYPES[name]
+        items = list(value) if isinstance(value, (list, tuple)) else [value]  # a list is sent as [1, N]
         if dtype == "BYTES":
             items = [v.encode("utf-8") for v in items]
         array = np.array([items], dtype=_NUMPY[dtype])
@@ -316,22 +317,18 @@ def run_id(request_id: str) -> str:
     return request_id.rsplit("-", 1)[0]
 
 
-def engine_turns(agent: Agent, scenario: str, since: int = 0, timeout: float = 5.0) -> list[dict]:
-    """`end` entries of the most recent run of `scenario` logged after entry `since`, by turn.
+def engine_turns(agent: Agent, scenario: str, since: int) -> list[dict]:
+    """`end` entries, by turn, of the one run of `scenario` whose turns started after log entry `since`.
 
-    Waits until every started turn has ended (the engine writes `end` just after its FINAL, racing the client).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        entries = [e for e in agent.log()[since:] if e.get("scenario") == scenario]
-        starts = {e["request_id"] for e in entries if e["event"] == "start"}
-        ends = [e for e in entries if e["event"] == "end"]
-        if starts and starts == {e["request_id"] for e in ends}:
-            last = run_id(max(ends, key=lambda e: e["ts"])["request_id"])
-            return sorted((e for e in ends if run_id(e["request_id"]) == last), key=lambda e: e["turn"])
-        if time.monotonic() > deadline:
-            raise AssertionError(f"engine log for {scenario!r} incomplete: {entries}")
-        time.sleep(0.05)
+    Waits for the server to settle first: the engine writes `end` just after its FINAL, racing the client, and an
+    earlier test's last turn may end (and be logged) after `since`; only turns started after it count."""
+    agent.settled()
+    entries = agent.log()[since:]
+    started = {e["request_id"] for e in entries if e["event"] == "start" and e.get("scenario") == scenario}
+    ends = sorted((e for e in entries if e["event"] == "end" and e["request_id"] in started), key=lambda e: e["turn"])
+    runs = {run_id(e["request_id"]) for e in ends}
+    assert len(runs) == 1 and len(ends) == len(started), f"engine log for {scenario!r} after {since}: {entries}"
+    return ends
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -344,18 +341,8 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def metric_value(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        match = re.match(r"([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
-        if not match or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.group(3))
-    return total
+def delta(before: list, after: list, name: str, **labels) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
 
 
 def tool_call_id(agent: Agent) -> int:
@@ -666,13 +653,71 @@ def test_messages_input_continues_a_conversation(agent):
     assert plain.text == "Paris is the capital of France."
 
 
+NARROWED = ["failing_tool", "get_company_news"]
+TOOLS_FORMS = {  # protocol, the tools value as sent
+    "grpc-names": ("grpc", NARROWED),
+    "grpc-json-text": ("grpc", json.dumps(NARROWED)),
+    "http-json-array": ("http", NARROWED),
+    "http-json-text": ("http", json.dumps(NARROWED)),
+    "grpc-one-name": ("grpc", "get_company_news"),
+    "http-one-name": ("http", "get_company_news"),
+}
+
+
+def ask(agent: Agent, protocol: str, **values) -> tuple[str, dict]:
+    """(answer, tool trace) of one non-streamed request over gRPC or HTTP /generate."""
+    if protocol == "grpc":
+        reply = grpc_agent(agent, return_trace=True, **values)
+        reply.assert_one_final()
+        assert reply.error is None, reply.error
+        return reply.text, reply.trace
+    response = http_generate(agent, return_trace=True, **values)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["text_output"], json.loads(body["tool_trace"])
+
+
+@pytest.mark.parametrize("form", list(TOOLS_FORMS))
+def test_tools_input_forms_narrow_alike(agent, form):
+    """tools as names (a JSON array on /generate, [1, N] over gRPC), as one JSON list as text, or as one name."""
+    protocol, tools = TOOLS_FORMS[form]
+    answer, trace = ask(agent, protocol, text_input="[narrow] price", tools=tools)
+    assert [(c["name"], c["status"]) for c in trace["tool_calls"]] == [("get_current_stock_price", "unknown_tool")]
+    offered = re.search(r"the available tools are: ([\w, ]+)", answer).group(1).split(", ")
+    assert sorted(offered) == (["get_company_news"] if form.endswith("one-name") else sorted(NARROWED)), answer
+
+
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "[no-call] capital?"},
+                {"role": "assistant", "content": "Which country?"}, {"role": "user", "content": "France."}]
+MESSAGES_FORMS = {  # protocol, the messages value as sent
+    "grpc-json-text": ("grpc", json.dumps(CONVERSATION)),
+    "grpc-one-per-element": ("grpc", [json.dumps(m) for m in CONVERSATION]),
+    "http-json-text": ("http", json.dumps(CONVERSATION)),
+    "http-one-per-element": ("http", [json.dumps(m) for m in CONVERSATION]),
+}
+
+
+def test_messages_input_forms_reach_the_engine_alike(agent):
+    """messages as the JSON list in one string, or one message as JSON per element (a JSON array of strings on
+    /generate): the same conversation, the same prompt."""
+    prompts = {}
+    for form, (protocol, messages) in MESSAGES_FORMS.items():
+        since = len(agent.log())
+        answer, trace = ask(agent, protocol, messages=messages)
+        assert answer == "Paris is the capital of France.", form
+        assert trace["messages"][: len(CONVERSATION)] == CONVERSATION, form
+        (turn,) = engine_turns(agent, "no_call", since)
+        prompts[form] = turn["prompt_len"]
+    assert len(set(prompts.values())) == 1, prompts
+
+
 def test_invalid_requests_are_400(agent):
     cases = [
         {"text_input": "", "max_tokens": 5},
         {"text_input": "[no-call] x", "messages": json.dumps([{"role": "user", "content": "y"}]), "max_tokens": 5},
         {"text_input": "[no-call] x", "max_tokens": 0},
         {"messages": "not json", "max_tokens": 5},
-        {"text_input": "[no-call] x", "max_tokens": 5, "tools": "get_company_news"},
+        {"text_input": "[no-call] x", "max_tokens": 5, "tools": "get_company_news get_current_stock_price"},
     ]
     for body in cases:
         response = http_generate(agent, **body)
@@ -683,15 +728,10 @@ def test_invalid_requests_are_400(agent):
 # ---------------------------------------------------------------------------------------------------------------
 # Engine failure, cancellation, disconnect
 # ---------------------------------------------------------------------------------------------------------------
-def wait_idle(agent: Agent, timeout: float = 10.0) -> None:
-    wait_for(lambda: metric_value(agent.metrics(), "fca_active_requests") == 0, timeout, "no request in progress")
-
-
 @pytest.mark.parametrize("prompt", ["[engine-fail-first] talk", "[engine-fail-turn1] talk"])
 def test_engine_failure_is_one_unavailable_final(agent, prompt):
     """The engine fails a turn before its first token (turn 0, or turn 1 after a tool round)."""
-    wait_idle(agent)
-    before = metric_value(agent.metrics(), "fca_requests_total", outcome="error")
+    before = agent.settled()
     reply = grpc_agent(agent, text_input=prompt, stream=True)
     reply.assert_one_final()
     assert reply.final is None and reply.errors == 1 and reply.deltas == []
@@ -709,8 +749,7 @@ def test_engine_failure_is_one_unavailable_final(agent, prompt):
         events = sse_events(response.text)
     assert sum("error" in e or "finish_reason" in e for e in events) == 1
     assert events[-1]["error"].startswith("the engine is unavailable")
-    wait_for(lambda: metric_value(agent.metrics(), "fca_requests_total", outcome="error") == before + 3, 5,
-             "fca_requests_total{outcome=error} to count the failures")
+    assert delta(before, agent.settled(), "fca_requests_total", outcome="error") == 3
 
 
 # Triton <= 25.03 never delivers a decoupled BLS error that follows streamed responses (the Python backend writes
@@ -725,14 +764,13 @@ def test_engine_failure_mid_stream_is_one_unavailable_final(agent):
         assert "scripted failure" in reply.error or "engine_idle_timeout_seconds" in reply.error
         assert_clean(reply.streamed_text)
     finally:
-        wait_idle(agent)  # on timeout the helper cancelled the stream; let the agent finish before the next test
+        agent.settled()  # on timeout the helper cancelled the stream; let the agent finish before the next test
 
 
 def test_grpc_cancel_mid_stream_stops_the_engine(agent):
     import tritonclient.grpc as grpcclient
 
-    wait_idle(agent)
-    before = metric_value(agent.metrics(), "fca_requests_total", outcome="cancelled")
+    before = agent.settled()
     since = len(agent.log())
     client = grpcclient.InferenceServerClient(agent.server.grpc_url)
     got: queue.Queue = queue.Queue()
@@ -753,9 +791,9 @@ def test_grpc_cancel_mid_stream_stops_the_engine(agent):
     assert stop[0]["stopped"] == 1
     assert end[0]["end"] == "stopped"
     assert time.monotonic() - cancelled_at < 5
-    wait_for(lambda: metric_value(agent.metrics(), "fca_requests_total", outcome="cancelled") == before + 1, 5,
-             "fca_requests_total{outcome=cancelled} to count the cancel")
-    assert metric_value(agent.metrics(), "fca_active_requests") == 0
+    after = agent.settled()
+    assert delta(before, after, "fca_requests_total", outcome="cancelled") == 1
+    assert delta(before, after, "fca_requests_total") == 1
     # Still serving.
     assert grpc_agent(agent, text_input="[no-call] still there?").text == "Paris is the capital of France."
 
@@ -765,8 +803,7 @@ def test_http_disconnect_during_generate_stream_stops_the_engine(agent):
     tool round or a silent engine turn, Triton 2.51 does not notice an HTTP disconnect: checked, not detected in 5 s.)"""
     import socket
 
-    wait_idle(agent)
-    before = metric_value(agent.metrics(), "fca_requests_total", outcome="cancelled")
+    before = agent.settled()
     since = len(agent.log())
     host, port = agent.server.http_url.rsplit(":", 1)
     body = json.dumps({"text_input": "[slow-http] price", "max_tokens": 256, "stream": True}).encode()
@@ -793,8 +830,7 @@ def test_http_disconnect_during_generate_stream_stops_the_engine(agent):
     assert end[0]["end"] == "stopped"
     assert end[0]["tokens_sent"] < len(agent.tokenizer.encode(SLOW_ANSWER, add_special_tokens=False))
     assert time.monotonic() - closed_at < 5
-    wait_for(lambda: metric_value(agent.metrics(), "fca_requests_total", outcome="cancelled") == before + 1, 5,
-             "fca_requests_total{outcome=cancelled} to count the disconnect")
+    assert delta(before, agent.settled(), "fca_requests_total", outcome="cancelled") == 1
     response = http_generate(agent, text_input="[no-call] still there?")
     assert response.status_code == 200 and response.json()["text_output"] == "Paris is the capital of France."
 
@@ -804,21 +840,20 @@ def test_http_disconnect_during_generate_stream_stops_the_engine(agent):
 # ---------------------------------------------------------------------------------------------------------------
 def test_metrics_count_requests_and_tool_calls(agent):
     # Deltas over a quiescent server: no request of an earlier test may still be finishing on either side.
-    wait_idle(agent)
-    text = agent.metrics()
-    stops = metric_value(text, "fca_requests_total", outcome="stop")
-    ok_price = metric_value(text, "fca_tool_calls_total", tool="get_current_stock_price", outcome="ok")
-    errors = metric_value(text, "fca_tool_calls_total", tool="failing_tool", outcome="error")
+    before = agent.settled()
     grpc_agent(agent, text_input="[single] What does RIVN trade at?")
     grpc_agent(agent, text_input="[tool-exception] run it")
-    wait_idle(agent)
-    text = agent.metrics()
-    assert metric_value(text, "fca_requests_total", outcome="stop") == stops + 2
-    assert metric_value(text, "fca_tool_calls_total", tool="get_current_stock_price", outcome="ok") == ok_price + 1
-    assert metric_value(text, "fca_tool_calls_total", tool="failing_tool", outcome="error") == errors + 1
-    assert metric_value(text, "fca_tool_latency_seconds_count", tool="get_current_stock_price") >= 1
-    assert metric_value(text, "fca_iterations_per_request_count") >= 2
-    assert metric_value(text, "fca_time_to_first_token_seconds_count") >= 2
+    after = agent.settled()
+    assert delta(before, after, "fca_requests_total", outcome="stop") == 2
+    assert delta(before, after, "fca_requests_total") == 2
+    assert delta(before, after, "fca_tool_calls_total", tool="get_current_stock_price", outcome="ok") == 1
+    assert delta(before, after, "fca_tool_calls_total", tool="failing_tool", outcome="error") == 1
+    assert delta(before, after, "fca_tool_calls_total") == 2
+    assert delta(before, after, "fca_tool_latency_seconds_count", tool="get_current_stock_price") == 1
+    assert delta(before, after, "fca_tool_latency_seconds_count", tool="failing_tool") == 1
+    assert delta(before, after, "fca_iterations_per_request_count") == 2
+    assert delta(before, after, "fca_iterations_per_request_sum") == 2  # one tool round each
+    assert delta(before, after, "fca_time_to_first_token_seconds_count") == 2
 
 
 def test_32_concurrent_sessions_run_at_once_on_one_instance(agent):
@@ -838,6 +873,7 @@ def test_32_concurrent_sessions_run_at_once_on_one_instance(agent):
         results = list(pool.map(session, range(CONCURRENT_SESSIONS)))
     assert all(r["text_output"] == CONCURRENT_ANSWER and r["finish_reason"] == "stop" for r in results)
 
+    samples = agent.settled()  # every turn's end is logged by now
     entries = [e for e in agent.log()[since:] if e.get("scenario") == "concurrent"]
     # Most requests in flight at once, from the engine's own start/end lines.
     events = sorted([(e["ts"], 1 if e["event"] == "start" else -1) for e in entries], key=lambda x: (x[0], x[1]))
@@ -845,9 +881,9 @@ def test_32_concurrent_sessions_run_at_once_on_one_instance(agent):
     for _, step in events:
         inflight += step
         observed = max(observed, inflight)
-    gauge = metric_value(agent.metrics(), "scripted_engine_max_inflight")
+    gauge = value(samples, "scripted_engine_max_inflight")  # the most since the server started
     print(f"\n32 concurrent sessions: engine max in flight = {int(gauge)} (metric), {observed} (requests.jsonl); "
           f"answer turn {answer_tokens} tokens at {CONCURRENT_TOKEN_LATENCY_MS} ms")
     assert len({run_id(e["request_id"]) for e in entries}) == CONCURRENT_SESSIONS
     assert observed >= 24
-    assert gauge >= 24
+    assert gauge >= observed

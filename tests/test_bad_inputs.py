@@ -85,7 +85,7 @@ CATALOGUE = [
               {"text_input": Raw([["a"], ["b"]], "BYTES"), "max_tokens": Raw([[8], [8]], "INT32")},
               "batch size 1", "[2, 1]"),
     both("messages not JSON", messages("[{'role': 'user'"), "messages is not valid JSON"),
-    both("messages not a list", messages({"role": "user", "content": "hi"}), "messages must be a non-empty JSON list"),
+    both("messages not a list", messages("42"), "messages must be a non-empty JSON list"),
     both("messages empty", messages([]), "messages must be a non-empty JSON list"),
     both("messages too many", messages([USER] * 257), "257 entries", "limit is 256"),
     both("messages bad role", messages([{"role": "root", "content": "hi"}]), "messages[0].role must be one of"),
@@ -101,8 +101,18 @@ CATALOGUE = [
     both("messages bad tool_call name", messages([USER, {"role": "assistant", "content": "", "tool_calls": [
         {"function": {"name": "rm -rf /", "arguments": {}}}]}, {"role": "tool", "content": "r"}]),
          "tool_calls[0].function.name must be a tool name"),
-    both("tools not JSON", {**HI, "tools": "get_current_stock_price"}, "tools must be a JSON list of tool names"),
-    both("tools not names", {**HI, "tools": json.dumps([{"name": "x"}])}, "tools must be a JSON list of tool names"),
+    both("messages element not JSON", {"messages": ['{"role": "user"', json.dumps(USER)], "max_tokens": 16},
+         "messages (element 0) is not valid JSON"),
+    both("messages 257 elements", {"messages": [json.dumps(USER)] * 257, "max_tokens": 16},
+         "messages holds 257 elements", "limit is 256"),
+    both("messages elements end with assistant", {"messages": [json.dumps(USER), json.dumps(
+        {"role": "assistant", "content": "ok"})], "max_tokens": 16}, "last message must be from the user"),
+    both("tools comma-separated", {**HI, "tools": "get_current_stock_price,get_company_news"},
+         "'get_current_stock_price,get_company_news' is not a tool name", "one per element"),
+    both("tools array with a non-name", {**HI, "tools": ["get_company_news", "rm -rf /"]},
+         "'rm -rf /' is not a tool name"),
+    both("tools broken JSON list", {**HI, "tools": '["get_company_news"'}, "tools is not valid JSON"),
+    both("tools not names", {**HI, "tools": json.dumps([{"name": "x"}])}, "tools must be a list of tool names"),
     both("tools unknown name", {**HI, "tools": json.dumps(["delete_everything"])},
          "tools not offered by this server: delete_everything", "offered tools:"),
     both("temperature negative", {**HI, "temperature": -1.0}, "temperature must be in [0, 100]"),
@@ -208,6 +218,40 @@ def test_http_generate_json_type_errors_are_rejected_by_triton(server):
     assert status == 400 and "max_tokens must be between 1 and 4095, got 0" in response["error"]
     assert is_ready(server.http_url)
     assert http_generate(server.http_url, HI)[0] == 200
+
+
+# Triton 2.51 turns a JSON array (or object) value into a STRING tensor only when every element is a string; for
+# anything else its own parser fails before the model runs, so the agent cannot answer it (README "Client contract").
+TRITON_PARSE_ERROR = "Unable to parse JSON bytes array: attempt to access JSON non-string as string"
+TRITON_REJECTS = [
+    pytest.param({"messages": [USER], "max_tokens": 16}, 500, TRITON_PARSE_ERROR, id="messages-array-of-objects"),
+    pytest.param({"messages": USER, "max_tokens": 16}, 500, TRITON_PARSE_ERROR, id="messages-object"),
+    pytest.param({**HI, "tools": [{"type": "function", "function": {"name": "get_company_news"}}]}, 500,
+                 TRITON_PARSE_ERROR, id="tools-array-of-objects"),
+    pytest.param({**HI, "stop_words": [1, 2]}, 500, TRITON_PARSE_ERROR, id="stop_words-array-of-numbers"),
+    pytest.param({**HI, "history": [USER]}, 400,
+                 "parameter 'history' has invalid type. It should be either 'int', 'bool', or 'string'.",
+                 id="unknown-field-array"),
+]
+
+
+@pytest.mark.parametrize("body, status, message", TRITON_REJECTS)
+def test_http_generate_json_arrays_of_non_strings_are_rejected_by_triton(server, body, status, message):
+    response_status, response = http_generate(server.http_url, body)
+    assert (response_status, response) == (status, {"error": message})
+    assert is_ready(server.http_url)
+    assert http_generate(server.http_url, HI)[0] == 200
+
+
+def test_stream_true_on_generate_is_answered_by_triton_naming_generate_stream(server):
+    """/generate and /generate_stream hand the model identical requests (no parameter, flag or requested output tells
+    them apart), so the agent streams as asked and Triton 2.51, which needs exactly one response on /generate, answers
+    with its own error, in a 200 (the status of the first response). Pinned so that a Triton upgrade shows up here."""
+    status, body = http_generate(server.http_url, {**HI, "stream": True})
+    assert (status, body) == (200, {"error": "generate expects model to produce exactly 1 response, use generate "
+                                             "stream for model that generates various number of responses"})
+    status, body = http_generate(server.http_url, {**HI, "stream": False})
+    assert status == 200 and body["text_output"] == "Hello there." and body["finish_reason"] == "stop"
 
 
 HOSTILE_JSON = [

@@ -241,13 +241,13 @@ def test_keeper_holds_finished_iterators_for_the_grace_period_then_lets_go():
     class Stream:
         pass
 
-    keeper = IteratorKeeper(grace_s=0.2)
+    keeper = IteratorKeeper(grace_s=1.0)  # long enough that a busy machine cannot stall past it between two lines
     first = Stream()
     ref = weakref.ref(first)
     keeper.keep(first)
     del first
     keeper.keep(Stream())
     assert ref() is not None and len(keeper) == 2  # within the grace period nothing is dropped
-    time.sleep(0.25)
+    time.sleep(1.05)
     keeper.keep(Stream())  # the next keep releases what has expired, in the caller's (GIL-holding) thread
     assert ref() is None and len(keeper) == 1

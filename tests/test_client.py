@@ -33,6 +33,7 @@ SCRIPT = {
     "scenarios": [
         {"name": "rivian", "match": "Rivian", "turns": [TWO_CALLS, "RIVN trades at 12.34 USD; news: {tool_response}"]},
         {"name": "slow", "match": "SLOWLY", "token_latency_ms": 100, "turns": ["This answer is long and slow. " * 20]},
+        {"name": "chat", "match": "[chat]", "turns": ["Which company?", "Rivian it is."]},
     ],
     "default_turns": ["Hello there."],
 }
@@ -113,6 +114,47 @@ def test_bad_request_gives_the_servers_message_and_exit_1(server, protocol):
 def test_unknown_model_is_a_server_error(server):
     done = run_client("-u", server.grpc_url, "-p", "hi", "--model-name", "no_such_model")
     assert done.returncode == 1 and "no_such_model" in done.stderr and done.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_tools_narrows_the_servers_tools(server, protocol):
+    done = run_client("-i", protocol, "-u", url_for(server, protocol), "-v", "--tools", "get_company_news",
+                      "-p", RIVIAN_PROMPT)
+    assert done.returncode == 0, done.stderr
+    # The model still asks for the price; the server now offers only the news tool.
+    assert re.search(r"turn 0: get_current_stock_price\(.*\) -> unknown_tool in [\d.]+ ms: unknown tool "
+                     r"'get_current_stock_price'; the available tools are: get_company_news$", done.stderr, re.M)
+    assert re.search(r"turn 0: get_company_news\(.*\) -> ok", done.stderr), done.stderr
+
+
+HISTORY = [{"role": "user", "content": "[chat] Which stock should I look at?"},
+           {"role": "assistant", "content": "Which company?"}]
+
+
+@pytest.mark.parametrize("protocol, source", [("grpc", "file"), ("http", "file"), ("grpc", "json"), ("http", "stdin")])
+def test_messages_continue_a_conversation(server, protocol, source, tmp_path):
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps({"messages": HISTORY}), encoding="utf-8")  # a saved tool_trace has this shape
+    value = {"file": str(history), "json": json.dumps(HISTORY), "stdin": "-"}[source]
+    done = subprocess.run([sys.executable, str(CLIENT), "-i", protocol, "-u", url_for(server, protocol), "-v",
+                           "--messages", value, "-p", "Rivian."], capture_output=True, text=True, timeout=60,
+                          cwd=REPO_ROOT, input=json.dumps(HISTORY) if source == "stdin" else None)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "Rivian it is.\n"  # the engine's second turn: it saw the earlier assistant message
+    trace = json.loads(done.stderr[done.stderr.index("{"):done.stderr.index("\nfinish_reason:")])
+    assert trace["messages"] == HISTORY + [{"role": "user", "content": "Rivian."},
+                                           {"role": "assistant", "content": "Rivian it is."}]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--messages", "not json and not a file"], "--messages: not a file, and not valid JSON"),
+    (["--messages", '{"role": "user"}'], "--messages must hold a JSON list"),
+    ([], "give --prompt, --messages, or both"),
+])
+def test_bad_messages_or_no_question_is_a_usage_error(args, message):
+    done = run_client("-u", f"127.0.0.1:{free_port()}", *args)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1].startswith(f"client.py: error: {message}"), done.stderr
 
 
 def _cancelled_count(server) -> float:

@@ -264,3 +264,72 @@ def test_agent_parameters_no_template_uses_are_set_in_the_agent_config(tmp_path)
     assert parsed.limits.max_iterations == 3 and parsed.tool_path == ("/tools", "/more")
     with pytest.raises(ModelConfigError, match=r"'max_iteration' \(did you mean 'max_iterations'\?\)"):
         configure("cpu", tmp_path / "other", {**CPU_VALUES, "max_iteration": "3"})
+
+
+def test_help_lists_the_keys_of_each_profile_and_the_agent_parameters(capsys):
+    from deploy.configure_repository import CPU_DEFAULTS
+    from function_calling_agent.adapter.parameters import PARAMETERS
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    cpu = text[text.index("keys of the cpu profile"):text.index("keys of the gpu profile")]
+    gpu = text[text.index("keys of the gpu profile"):text.index("Any parameter of function_calling_agent")]
+    assert "required: model_dir, tokenizer_dir" in cpu
+    cpu_templates = [MODEL_REPOSITORY / "function_calling_agent" / "config.pbtxt",
+                     MODEL_REPOSITORY / "tensorrt_llm_cpu" / "config.pbtxt"]
+    for key in set().union(*(find_placeholders(p.read_text(encoding="utf-8")) for p in cpu_templates)):
+        assert (f"{key}={CPU_DEFAULTS[key]}" if key in CPU_DEFAULTS else key) in cpu, key
+    assert "required: tokenizer_dir" in gpu
+    for key, value in GPU_DEFAULTS.items():
+        assert f"{key}={value if value else repr(value)}" in gpu, key
+    agent = text[text.index("Any parameter of function_calling_agent"):]
+    assert all(name in agent for name in PARAMETERS)
+
+
+LLAMACPP_VALUES = {"engine": "llamacpp", "tokenizer_dir": "/models/Qwen2.5-1.5B-Instruct",
+                   "gguf_path": "/models/qwen2.5-1.5b-instruct-q4_k_m.gguf"}
+
+
+def test_cpu_profile_can_put_the_llamacpp_engine_in_the_tensorrt_llm_slot(tmp_path):
+    from function_calling_agent.llamacpp_engine import LlamaCppConfig
+
+    written = configure("cpu", tmp_path / "repo", LLAMACPP_VALUES)
+
+    configs = configs_by_model(written)
+    assert set(configs) == {"function_calling_agent", "tensorrt_llm"}
+    agent, engine = configs["function_calling_agent"], configs["tensorrt_llm"]
+    assert engine.backend == "python" and engine.model_transaction_policy.decoupled
+    # The engine checks the GGUF against the very tokenizer the agent uses.
+    assert parameter(engine, "tokenizer_dir") == parameter(agent, "tokenizer_dir") == LLAMACPP_VALUES["tokenizer_dir"]
+    assert parameter(engine, "gguf_path") == LLAMACPP_VALUES["gguf_path"]
+    parsed = LlamaCppConfig.from_model_config(
+        {"parameters": {k: {"string_value": v.string_value} for k, v in engine.parameters.items()}})
+    assert parsed.gguf_path == LLAMACPP_VALUES["gguf_path"] and parsed.enable_kv_cache_reuse
+    model_py = (tmp_path / "repo" / "tensorrt_llm" / "1" / "model.py").read_text(encoding="utf-8")
+    assert "llamacpp_engine" in model_py
+    # The torch engine stays the default and keeps its own template.
+    torch_repo = configure("cpu", tmp_path / "torch", CPU_VALUES)
+    assert "model_dir" in configs_by_model(torch_repo)["tensorrt_llm"].parameters
+
+
+def test_engine_choice_is_checked(tmp_path):
+    with pytest.raises(ModelConfigError, match="unknown engine 'vllm': choose one of torch, llamacpp"):
+        configure("cpu", tmp_path / "a", {**LLAMACPP_VALUES, "engine": "vllm"})
+    # Each engine has its own model variable: a torch checkpoint does not stand in for a GGUF file.
+    with pytest.raises(ModelConfigError) as error:
+        configure("cpu", tmp_path / "b", {"engine": "llamacpp", "tokenizer_dir": "/t", "model_dir": "/ckpt"})
+    assert "no value for ${gguf_path}" in str(error.value) and "'model_dir'" in str(error.value)
+    with pytest.raises(ModelConfigError, match="cpu profile"):
+        configure("gpu", tmp_path / "c", {**GPU_VALUES, "engine": "llamacpp"}, stock_dir=STOCK_FIXTURE)
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_selects_the_llamacpp_engine(tmp_path, capsys):
+    args = ["--profile", "cpu", "--output", str(tmp_path / "repo")]
+    args += [arg for key, value in LLAMACPP_VALUES.items() for arg in ("--set", f"{key}={value}")]
+    assert main(args) == 0
+    engine = parse(tmp_path / "repo" / "tensorrt_llm" / "config.pbtxt")
+    assert parameter(engine, "gguf_path") == LLAMACPP_VALUES["gguf_path"]
+    assert str(tmp_path / "repo" / "tensorrt_llm" / "config.pbtxt") in capsys.readouterr().out

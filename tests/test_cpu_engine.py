@@ -1,4 +1,6 @@
-"""CPU engine (`tensorrt_llm` contract on transformers/torch): generation core unit tests and a real-server check."""
+"""CPU engine (`tensorrt_llm` contract on transformers/torch): generation core unit tests, and the contract on a real
+server for both CPU engines (torch: tensorrt_llm_cpu; llama.cpp: tensorrt_llm_llamacpp, its core tested in
+tests/test_llamacpp_engine.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,10 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENGINE_MODEL_DIR = REPO_ROOT / "model_repository" / "tensorrt_llm_cpu"
+LLAMACPP_MODEL_DIR = REPO_ROOT / "model_repository" / "tensorrt_llm_llamacpp"
+# engine -> (model folder, metric prefix)
+SERVER_ENGINES = {"torch": (ENGINE_MODEL_DIR, "tensorrt_llm_cpu"),
+                  "llamacpp": (LLAMACPP_MODEL_DIR, "tensorrt_llm_llamacpp")}
 
 from function_calling_agent.cpu_engine import (
     ConfigError,
@@ -329,28 +335,36 @@ def test_config_template_mirrors_the_stock_contract():
 # ---- real tritonserver ------------------------------------------------------------------------------------------
 
 
-def _assemble_repository(root: Path, model_dir: str) -> Path:
+def _assemble_repository(root: Path, engine: str, values: dict[str, str]) -> Path:
     """The engine as `tensorrt_llm` (1 instance) and `tensorrt_llm_x2` (2 instances, separate processes)."""
     repo = root / "repo"
     for name, count in (("tensorrt_llm", 1), ("tensorrt_llm_x2", 2)):
         target = repo / name
-        shutil.copytree(ENGINE_MODEL_DIR, target, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(SERVER_ENGINES[engine][0], target, ignore=shutil.ignore_patterns("__pycache__"))
         config = target / "config.pbtxt"
         text = config.read_text(encoding="utf-8")
-        text = text.replace("${model_dir}", model_dir).replace("${engine_instance_count}", str(count))
-        text = re.sub(r'(key: "torch_threads"\s*value: \{ string_value: )"0"', r'\1"1"', text)
+        for key, value in {**values, "engine_instance_count": str(count)}.items():
+            text = text.replace("${" + key + "}", value)
+        # one thread each: two cores shared with the test process
+        text, threads = re.subn(r'(key: "(?:torch_threads|threads)"\s*value: \{ string_value: )"0"', r'\1"1"', text)
+        assert threads == 1, "could not set the engine's threads"
         config.write_text(text, encoding="utf-8")
     return repo
 
 
-@pytest.fixture(scope="module")
-def engine_server(tmp_path_factory, tiny_llama_dir):
+@pytest.fixture(scope="module", params=sorted(SERVER_ENGINES))
+def engine_server(request, tmp_path_factory, tiny_llama_dir, tiny_llama_gguf, hermes_tokenizer_dir):
     from tests.support.triton_server import TritonServerFactory
 
-    root = tmp_path_factory.mktemp("cpu-engine")
+    engine = request.param
+    values = ({"model_dir": tiny_llama_dir} if engine == "torch"
+              else {"gguf_path": tiny_llama_gguf, "tokenizer_dir": hermes_tokenizer_dir})
+    root = tmp_path_factory.mktemp(f"cpu-engine-{engine}")
     factory = TritonServerFactory(root)
     try:
-        yield factory(_assemble_repository(root, tiny_llama_dir))
+        server = factory(_assemble_repository(root, engine, values))
+        server.metric_prefix = SERVER_ENGINES[engine][1]
+        yield server
     finally:
         factory.stop_all()
 
@@ -469,7 +483,11 @@ def test_server_stop_request_ends_a_long_generation(engine_server, model):
             _, outputs, final = stream.next()
             assert final and "output_ids" not in outputs
     if model == "tensorrt_llm_x2":
-        # Triton spreads requests over the instances, so some stops land on the instance not generating.
+        # Triton spreads requests over the instances, so some stops land on the instance not generating. The stub's
+        # log line may reach the file after the stop's response reached us.
+        deadline = time.monotonic() + 10
+        while "posted to the other instances" not in engine_server.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert "posted to the other instances" in engine_server.log_text()
 
 
@@ -479,7 +497,7 @@ def _generated_tokens_total(server) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("tensorrt_llm_cpu_generated_tokens_total{") and 'model="tensorrt_llm"' in line
+        if line.startswith(f"{server.metric_prefix}_generated_tokens_total{{") and 'model="tensorrt_llm"' in line
     )
 
 

@@ -1,19 +1,14 @@
-"""The cpu profile end to end: configure_repository's output on a real tritonserver, function_calling_agent over the
-CPU engine, with a tiny model trained to call two tools and answer (tests/support/tiny_tool_model.py), and the
-README's main command (`python -m deploy.serve --plumbing-check`) started and stopped as a user would.
+"""The cpu profile end to end: configure_repository's output on a real tritonserver, function_calling_agent over
+either CPU engine (torch, and llama.cpp on the same weights converted to GGUF), with a tiny model trained to call two
+tools and answer (function_calling_agent.offline_models.tiny_tool_model), and the README's main command
+(`python -m deploy.serve`) started and stopped as a user would: the plumbing check, and the offline demo (the tiny
+model trained on the finance tools, which fail fast offline).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,44 +16,64 @@ import pytest
 from deploy.configure_repository import configure
 from deploy.triton_launcher import free_port
 from function_calling_agent.offline_models.tiny_tool_model import (
-    FINAL_ANSWER,
-    TOOL_CALLS,
-    USER_PROMPT,
-    agent_transcript,
+    Conversation,
+    ToolVariant,
+    agent_transcripts,
     build_tiny_tool_model,
 )
 from function_calling_agent.tools import load_tool_modules
 from tests.support.agent_repo import TEST_TOOL_MODULES
 from tests.support.fca_client import http_generate, make_inputs, stream_request
+from tests.support.serve_process import ServeRun
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TURNS_REPORT = Path("/tmp/fca_cpu_profile_turns.txt")
+TURNS_REPORT = "/tmp/fca_cpu_profile_turns_{engine}.txt"
 MARKUP = ("<tool_call>", "</tool_call>", "<tool_response>", "<|im_end|>", "<|im_start|>")
+
+# Three engine turns: a price call, a news call after the price result, the answer after the news result.
+USER_PROMPT = "Give me Rivian (RIVN) news and stock price"
+TOOL_CALLS = ("get_current_stock_price", "get_company_news")
+FINAL_ANSWER = "RIVN trades at 12.34 USD. News: RIVN ships more trucks."
+CONVERSATION = Conversation("rivn", USER_PROMPT, (
+    '<tool_call>\n{"name": "get_current_stock_price", "arguments": {"symbol": "RIVN"}}\n</tool_call>',
+    '<tool_call>\n{"name": "get_company_news", "arguments": {"symbol": "RIVN"}}\n</tool_call>',
+    FINAL_ANSWER,
+))
+
+
+def scripted_tools() -> ToolVariant:
+    return ToolVariant("scripted", load_tool_modules(["scripted_tools"], [str(TEST_TOOL_MODULES)]))
 
 
 @pytest.fixture(scope="module")
 def tool_model_dir(tmp_path_factory, hermes_tokenizer_dir) -> str:
-    return build_tiny_tool_model(tmp_path_factory.mktemp("tiny-tool-model"), hermes_tokenizer_dir, scripted_tools())
+    return build_tiny_tool_model(tmp_path_factory.mktemp("tiny-tool-model"), hermes_tokenizer_dir, [CONVERSATION],
+                                 [scripted_tools()])
 
 
-def scripted_tools():
-    return load_tool_modules(["scripted_tools"], [str(TEST_TOOL_MODULES)])
+@pytest.fixture(scope="module", params=["torch", "llamacpp"])
+def cpu_repository(request, tmp_path_factory, tool_model_dir) -> tuple[str, Path]:
+    engine = request.param
+    out = tmp_path_factory.mktemp(f"cpu-profile-{engine}") / "model_repository"
+    values = {"tokenizer_dir": tool_model_dir, "tool_modules": "scripted_tools", "tool_path": str(TEST_TOOL_MODULES)}
+    if engine == "torch":
+        values["model_dir"] = tool_model_dir
+    else:
+        from function_calling_agent.llamacpp_engine.convert import write_gguf
 
-
-@pytest.fixture(scope="module")
-def cpu_repository(tmp_path_factory, tool_model_dir) -> Path:
-    out = tmp_path_factory.mktemp("cpu-profile") / "model_repository"
-    configure("cpu", out, {"tokenizer_dir": tool_model_dir, "model_dir": tool_model_dir,
-                           "tool_modules": "scripted_tools", "tool_path": str(TEST_TOOL_MODULES)})
+        # float32: the trained margins (offline_models.tiny_tool_model.MIN_MARGIN) survive the f16 KV cache.
+        gguf = write_gguf(tool_model_dir, tmp_path_factory.mktemp("tiny-tool-gguf") / "tool-model-f32.gguf", "f32")
+        values.update(engine="llamacpp", gguf_path=str(gguf))
+    configure("cpu", out, values)
     engine_config = out / "tensorrt_llm" / "config.pbtxt"
     text = engine_config.read_text(encoding="utf-8")
-    if "torch_threads" in text:  # two cores shared with the test process and the agent
-        text, count = re.subn(r'(key:\s*"torch_threads"\s*value:\s*\{\s*string_value:\s*)"[^"]*"', r'\1"1"', text)
-        assert count == 1, "could not set torch_threads in the generated engine config"
-        engine_config.write_text(text, encoding="utf-8")
-    return out
+    # two cores shared with the test process and the agent
+    text, count = re.subn(r'(key:\s*"(?:torch_threads|threads)"\s*value:\s*\{\s*string_value:\s*)"[^"]*"', r'\1"1"',
+                          text)
+    assert count == 1, "could not set the threads in the generated engine config"
+    engine_config.write_text(text, encoding="utf-8")
+    return engine, out
 
 
 def _json_field(value):
@@ -89,8 +104,10 @@ def _check_conversation(label: str, finish_reason: str, text: str, usage: dict, 
 def test_cpu_profile_runs_three_turns_with_prefix_reuse(triton_server_factory, cpu_repository, tool_model_dir):
     from transformers import AutoTokenizer
 
-    expected_prompts = agent_transcript(AutoTokenizer.from_pretrained(tool_model_dir), scripted_tools()).prompts
-    server = triton_server_factory(cpu_repository)
+    engine, repository = cpu_repository
+    transcript = agent_transcripts(AutoTokenizer.from_pretrained(tool_model_dir), [CONVERSATION], scripted_tools())
+    expected_prompts = transcript["rivn"].prompts
+    server = triton_server_factory(repository)
 
     # First request on a fresh server: nothing cached, so turn 1 reuses nothing.
     status, body = http_generate(server.http_url, {"text_input": USER_PROMPT, "max_tokens": 64, "stream": False,
@@ -111,74 +128,67 @@ def test_cpu_profile_runs_three_turns_with_prefix_reuse(triton_server_factory, c
     assert streamed == body["text_output"]
     assert 0 < grpc_turns[0][2] < grpc_turns[0][0], grpc_turns
 
-    lines = ["per engine turn: (prompt_tokens, generated_tokens, reused_prompt_tokens)"]
+    lines = [f"{engine} engine, per engine turn: (prompt_tokens, generated_tokens, reused_prompt_tokens)"]
     for label, turns in (("HTTP generate, fresh server", http_turns), ("gRPC stream, second request", grpc_turns)):
         lines.append(f"{label}:")
         lines += [f"  turn {i + 1}: prompt={p} generated={g} reused={r}" for i, (p, g, r) in enumerate(turns)]
     report = "\n".join(lines) + "\n"
     print("\n" + report)
-    TURNS_REPORT.write_text(report, encoding="utf-8")
+    Path(TURNS_REPORT.format(engine=engine)).write_text(report, encoding="utf-8")
 
 
-def _children(pid: int) -> list[int]:
-    pids = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            pids += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return pids
-
-
-def _alive(pid: int) -> bool:
+def test_serve_plumbing_check_answers_and_stops_on_sigterm(tmp_path):
+    run = ServeRun.module(tmp_path, ["--plumbing-check", "--no-demo"], {})
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def test_serve_plumbing_check_answers_and_stops_on_sigterm():
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    command = [sys.executable, "-m", "deploy.serve", "--plumbing-check", "--no-demo", "--http-port", str(http_port),
-               "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: queue.Queue = queue.Queue()
-    output: list[str] = []
-
-    def pump():
-        for line in process.stdout:
-            output.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    servers: list[int] = []
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            assert line is not None, "serve exited before ready:\n" + "".join(output)
-            if line.startswith("serve: ready"):
-                break
-        assert f":{http_port}" in line, line
-        servers = _children(process.pid)
-        assert servers, "serve has no child process (tritonserver)"
-
-        status, body = http_generate(f"127.0.0.1:{http_port}", {"text_input": "Give me Rivian (RIVN) news",
-                                                                "max_tokens": 16}, timeout=120)
+        line = run.wait_for_line("serve: ready", 240)
+        assert f":{run.ports['http']}" in line, line
+        status, body = http_generate(f"127.0.0.1:{run.ports['http']}", {"text_input": "Give me Rivian (RIVN) news",
+                                                                         "max_tokens": 16}, timeout=120)
         assert status == 200, body
         assert body["finish_reason"] in ("stop", "length", "incomplete"), body
-
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
-        assert code == 0, "".join(output)
-        assert not [pid for pid in servers if _alive(pid)], f"tritonserver still running: {servers}"
+        assert run.stop() == 0, run.text
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for pid in servers:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        run.kill()
+
+
+# The first run trains the demo model: about two minutes on two shared cores, more on a very busy machine.
+@pytest.mark.timeout(900)
+def test_serve_offline_shows_a_tool_round_the_relayed_error_and_a_continuation(tmp_path):
+    from function_calling_agent.offline_models.finance_demo import ANSWERS, DEMO_PROMPT, FOLLOW_UP_PROMPT
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    # No hub, and no Yahoo either on any machine: both are asked through a proxy that refuses connections. Requests
+    # to the local server must not go through it.
+    run = ServeRun.module(tmp_path, [], {"HF_ENDPOINT": dead, "HTTPS_PROXY": dead, "HTTP_PROXY": dead, "NO_PROXY": ""})
+    try:
+        run.wait_for_line("serve: serving until Ctrl-C", 800)
+        text = run.text
+        notices = [line for line in text.splitlines() if "TINY OFFLINE MODEL" in line]
+        assert len(notices) == 1, text
+        assert notices[0].startswith("serve: no checkpoint: the Hugging Face hub is unreachable (")
+        assert "./serve.sh --model /path/to/checkpoint" in notices[0]
+
+        first = text[text.index("serve: demo request 1"):text.index("serve: demo request 2")]
+        assert json.dumps(DEMO_PROMPT) in first
+        assert f"  answer: {ANSWERS[0]}\n" in first, first
+        for tool in TOOL_CALLS:  # both finance tools ran, in one turn, and failed fast
+            assert re.search(rf'tool call: {tool}\(\{{"symbol": "RIVN"\}}\) -> error: ToolError: market data is '
+                             rf"unreachable: curl: \(\d+\) ", first), first
+        assert "2 engine turns, 2 tool calls" in first, first
+
+        second = text[text.index("serve: demo request 2"):text.index("serve: serving until Ctrl-C")]
+        assert "tool_trace.messages" in second and json.dumps(FOLLOW_UP_PROMPT) in second, second
+        assert f"  answer: {ANSWERS[1]}\n" in second, second
+        assert re.search(r'tool call: get_current_stock_price\(\{"symbol": "TSLA"\}\) -> error: ToolError: market '
+                         r"data is unreachable: ", second), second
+
+        # Still serving: a request of our own gets the same tool round.
+        status, body = http_generate(f"127.0.0.1:{run.ports['http']}", {"text_input": DEMO_PROMPT, "max_tokens": 64,
+                                                                         "return_trace": True}, timeout=120)
+        assert status == 200, body
+        assert body["text_output"] == ANSWERS[0], body
+        trace = json.loads(body["tool_trace"])
+        assert [(c["name"], c["status"]) for c in trace["tool_calls"]] == [(t, "error") for t in TOOL_CALLS], trace
+        assert run.stop() == 0, run.text
+    finally:
+        run.kill()

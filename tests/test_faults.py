@@ -35,6 +35,10 @@ from tests.support.triton_server import TritonServerFactory
 pytestmark = pytest.mark.integration
 
 DEADLINE_MODEL, DEADLINE_S = "fca_deadline", 3.0
+# Time bounds say which mechanism ended a request, with room for a busy machine: what would end it otherwise takes
+# far longer (the 10 s default tool timeout, the 60 s engine idle timeout, a tool that never returns).
+DEADLINE_BOUND_S = DEADLINE_S + 4.0
+POOL_BOUND_S = 10.0  # fca_pool's 1 s tool timeout; without it a gated call hangs until the client's 30 s
 POOL_MODEL, POOL_WORKERS, POOL_ABANDONED = "fca_pool", 4, 8
 MAX_RESULT_CHARS = 4000  # the agent's default max_tool_result_chars
 
@@ -50,7 +54,7 @@ SCRIPT = {
         {"name": "raises", "match": "RAISES", "turns": [call("failing_tool", reason="disk on fire"),
                                                        "Tool said: {tool_response}"]},
         {"name": "overruns", "match": "OVERRUNS",
-         "turns": [call("slow_tool", seconds=3), "Tool said: {tool_response}"]},
+         "turns": [call("slow_tool", seconds=8), "Tool said: {tool_response}"]},
         {"name": "huge", "match": "HUGE", "turns": [call("huge_tool"), "Got it."]},
         {"name": "not_json", "match": "NOT_JSON", "turns": [call("unserializable_tool"), "Tool said: {tool_response}"]},
         {"name": "hangs_20s", "match": "HANGING_TOOL",
@@ -129,7 +133,7 @@ def test_tool_that_hangs_past_its_timeout(server):
     outcome = ask(server, "OVERRUNS")
     record = only_call(outcome)
     assert record["status"] == "timeout" and "did not finish within 0.5 s" in record["error"]
-    assert outcome.finish_reason == "stop" and outcome.elapsed < 2.5  # not the tool's 3 s
+    assert outcome.finish_reason == "stop" and outcome.elapsed < 5  # not the tool's 8 s
 
 
 def test_huge_tool_output_is_capped(server):
@@ -164,13 +168,13 @@ def test_engine_failing_after_a_tool_round_is_unavailable(server):
 def test_engine_failing_mid_stream_still_ends_within_the_deadline(server):
     outcome = ask(server, "ENGINE_MID", model=DEADLINE_MODEL, stream=True, timeout=DEADLINE_S + 10)
     assert outcome.deltas  # tokens arrived before the failure
-    assert outcome.finals == 1 and outcome.elapsed < DEADLINE_S + 1.5, outcome
+    assert outcome.finals == 1 and outcome.elapsed < DEADLINE_BOUND_S, outcome
     assert outcome.error is not None or outcome.finish_reason == "incomplete"
 
 
 def test_engine_failing_mid_stream_is_unavailable_promptly(server):
     outcome = ask(server, "ENGINE_MID", stream=True, timeout=60,
-                  cancel_when=lambda _, elapsed: elapsed > 8)  # do not leave it hanging for 120 s
+                  cancel_when=lambda _, elapsed: elapsed > 20)  # the 5 s idle timeout, not the 120 s deadline
     assert outcome.finals == 1 and outcome.error is not None and outcome.error.startswith("the engine is unavailable")
 
 
@@ -179,7 +183,7 @@ def test_request_deadline_ends_a_hung_generation(server):
     outcome = ask(server, "ENGINE_HANGS", model=DEADLINE_MODEL, stream=True, timeout=DEADLINE_S + 10)
     assert outcome.finals == 1 and outcome.finish_reason == "incomplete", outcome
     assert "deadline" in outcome.final["usage"]["detail"]
-    assert DEADLINE_S - 0.1 < outcome.elapsed < DEADLINE_S + 1.5
+    assert DEADLINE_S - 0.1 < outcome.elapsed < DEADLINE_BOUND_S
     # The agent stopped the hung engine request instead of leaving it generating.
     assert wait_for(lambda: any(e["event"] == "end" and e.get("scenario") == "engine_hangs" and e["end"] == "stopped"
                                 for e in read_request_log(server.engine_dir)), 5)
@@ -189,7 +193,7 @@ def test_request_deadline_ends_a_hung_tool(server):
     outcome = ask(server, "HANGING_TOOL", model=DEADLINE_MODEL, timeout=DEADLINE_S + 10)
     record = only_call(outcome)
     assert record["status"] == "timeout"
-    assert outcome.finish_reason == "stop" and outcome.elapsed < DEADLINE_S + 1.5
+    assert outcome.finish_reason == "stop" and outcome.elapsed < DEADLINE_BOUND_S
 
 
 # ---- cancellation ------------------------------------------------------------------------------------------------
@@ -260,20 +264,20 @@ def gate(server, name: str):
             assert ask(server, "Say hello", model=POOL_MODEL).finals == 1
             return pool_gauge(server) == 0
 
-        assert wait_for(drained, 10, interval=0.2), "released tool threads did not return"
+        assert wait_for(drained, 30, interval=0.2), "released tool threads did not return"
 
 
 def test_hung_tools_do_not_exhaust_the_executor(server):
     hung = POOL_WORKERS + 2  # more hanging calls than tool workers
     with gate(server, "fill"):
         for outcome in hang_in_pool(server, "fill", hung):
-            assert only_call(outcome)["status"] == "timeout" and outcome.elapsed < 4, outcome
+            assert only_call(outcome)["status"] == "timeout" and outcome.elapsed < POOL_BOUND_S, outcome
         assert POOL_WORKERS <= pool_gauge(server) <= hung
 
         started = time.monotonic()
         normal = ask(server, "PRICE", model=POOL_MODEL)
         assert only_call(normal)["status"] == "ok" and "12.34" in normal.text
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < POOL_BOUND_S
 
         # One at a time up to the cap; past it a hanging call fails fast instead of adding a thread.
         for _ in range(POOL_ABANDONED):
@@ -283,7 +287,7 @@ def test_hung_tools_do_not_exhaust_the_executor(server):
         assert pool_gauge(server) == POOL_ABANDONED
         record = only_call(hang_in_pool(server, "fill")[0])
         assert record["status"] == "error" and "is at capacity" in record["error"]
-        assert record["latency_ms"] < 100 and pool_gauge(server) == POOL_ABANDONED
+        assert record["latency_ms"] < 500 and pool_gauge(server) == POOL_ABANDONED  # not the 1 s timeout
     # Once the hung threads returned (the gate checked the gauge is back to 0), tools run again.
     assert only_call(ask(server, "PRICE", model=POOL_MODEL))["status"] == "ok"
 
@@ -291,7 +295,7 @@ def test_hung_tools_do_not_exhaust_the_executor(server):
 def test_abandoned_thread_cap_holds_under_a_burst(server):
     with gate(server, "burst"):
         for outcome in hang_in_pool(server, "burst", 2 * (POOL_ABANDONED + POOL_WORKERS)):
-            assert outcome.finals == 1 and outcome.elapsed < 4, outcome
+            assert outcome.finals == 1 and outcome.elapsed < POOL_BOUND_S, outcome
         assert pool_gauge(server) <= POOL_ABANDONED
 
 

@@ -348,7 +348,7 @@ def test_real_unreachable_network_fails_fast_with_a_relayable_error():
             call()
         elapsed = time.monotonic() - started
         print(f"{elapsed:.3f} s: {caught.value}")
-        assert elapsed < finance.CALL_DEADLINE_S + 1
+        assert elapsed < finance.CALL_DEADLINE_S + 5  # the call's deadline, not a TCP timeout of minutes
 
 
 def _closed_port() -> int:
@@ -381,7 +381,7 @@ def test_a_silent_network_is_cut_off_at_the_deadline(monkeypatch):
         started = time.monotonic()
         with pytest.raises(ToolError, match="^market data is unreachable: .*timed out"):
             finance.get_analyst_recommendations("AAPL")
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 5  # the 1 s deadline, not a proxy that never answers
     finally:
         silent.close()
         for connection, _ in accepted:

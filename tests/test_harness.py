@@ -112,6 +112,34 @@ def test_decoupled_echo_streams_over_grpc_and_http(triton_server_factory, echo_r
     assert "echo_stream" in server.log_text()
 
 
+@pytest.mark.integration
+def test_ports_taken_by_another_server_are_never_reported_ready(triton_server_factory, echo_repository, tmp_path,
+                                                                monkeypatch):
+    """Another server already answers on every port this one was given: this one fails to bind and exits, and until
+    then the other's endpoints must not pass for its own. launch() then picks new ports."""
+    import deploy.triton_launcher as launcher
+
+    other = triton_server_factory(echo_repository)
+    taken = (other.server.http_port, other.server.grpc_port, other.server.metrics_port)
+    clash = launcher.TritonServer(echo_repository, *taken, log_path=tmp_path / "clash.log")
+    try:
+        with pytest.raises(launcher.PortInUse):
+            clash.start().wait_ready(timeout=60)
+    finally:
+        clash.stop()
+
+    picks, real_free_port = iter(taken), launcher.free_port  # the first picks collide; the retry's are free
+    monkeypatch.setattr(launcher, "free_port", lambda host="127.0.0.1": next(picks, None) or real_free_port(host))
+    moved = launcher.TritonServer(echo_repository, log_path=tmp_path / "moved.log")
+    try:
+        moved.launch(timeout=60)
+        assert not {moved.http_port, moved.grpc_port, moved.metrics_port} & set(taken)
+        assert "already in use" in moved.log_text()  # the first start did collide
+        assert requests.get(f"http://{moved.urls['http']}/v2/models/echo_stream/ready", timeout=5).status_code == 200
+    finally:
+        moved.stop()
+
+
 def test_hermes_tokenizer_shape(hermes_tokenizer_dir, tmp_path):
     from tokenizers.decoders import DecodeStream
     from transformers import AutoTokenizer

@@ -25,7 +25,7 @@ SCRIPT = {
          "turns": [call("get_current_stock_price", symbol="RIVN") + "\n" + call("get_company_news", symbol="RIVN"),
                    "RIVN: {tool_response}"]},
         {"name": "raises", "match": "RAISES", "turns": [call("failing_tool", reason="boom"), "Sorry."]},
-        {"name": "times_out", "match": "TIMES_OUT", "turns": [call("slow_tool", seconds=0.8), "Too slow."]},
+        {"name": "times_out", "match": "TIMES_OUT", "turns": [call("slow_tool", seconds=3), "Too slow."]},
         {"name": "bad_args", "match": "BAD_ARGS",
          "turns": [call("get_current_stock_price", symbol="RIVN", exchange="NASDAQ"), "Fixed."]},
         {"name": "unknown", "match": "UNKNOWN_TOOL", "turns": [call("delete_everything"), "Cannot."]},
@@ -141,9 +141,9 @@ def test_counts_after_known_traffic(server):
     for tool, count in {"get_current_stock_price": 2, "get_company_news": 2, "failing_tool": 1, "slow_tool": 1}.items():
         assert delta("fca_tool_latency_seconds_count", model=MODEL, tool=tool) == count, tool
     slow = delta("fca_tool_latency_seconds_sum", model=MODEL, tool="slow_tool")
-    assert 0.45 <= slow < 0.8  # its 0.5 s timeout, not its 0.8 s sleep
+    assert 0.45 <= slow < 2.5  # its 0.5 s timeout, not its 3 s sleep (room left for a busy machine)
     assert delta("fca_tool_latency_seconds_bucket", model=MODEL, tool="slow_tool", le="0.25") == 0
-    assert delta("fca_tool_latency_seconds_bucket", model=MODEL, tool="slow_tool", le="1") == 1
+    assert delta("fca_tool_latency_seconds_bucket", model=MODEL, tool="slow_tool", le="2.5") == 1
     assert delta("fca_tool_latency_seconds_count", model=MODEL, tool="delete_everything") == 0
 
     # Time to first token: every request that produced answer text (the cancelled one did before its cancel).
@@ -154,15 +154,23 @@ def test_counts_after_known_traffic(server):
 
 
 def test_abandoned_tool_threads_gauge_returns_to_zero(server):
-    # slow_tool sleeps 0.8 s past its 0.5 s timeout: abandoned at first, then back (the gauge updates per request).
+    # slow_tool sleeps 3 s past its 0.5 s timeout: abandoned when its request ends, then back once it returns (the
+    # gauge is refreshed at the end of each request, so one is sent until it reads 0).
     assert ask(server, "TIMES_OUT again").finals == 1
-    time.sleep(0.6)
-    assert ask(server, "Say hello").finals == 1
-    assert value(wait_idle(server), "fca_abandoned_tool_threads", model=MODEL) == 0
+    assert value(wait_idle(server), "fca_abandoned_tool_threads", model=MODEL) >= 1
+    deadline = time.monotonic() + 30
+    while True:
+        assert ask(server, "Say hello").finals == 1
+        if value(wait_idle(server), "fca_abandoned_tool_threads", model=MODEL) == 0:
+            break
+        assert time.monotonic() < deadline, "the abandoned tool thread never returned"
+        time.sleep(0.2)
 
 
 def test_fca_families_live_under_one_namespace_on_the_metrics_port(server):
-    # Labelled families show once they hold a metric: runs after the traffic above.
+    # Labelled families show once they hold a metric: one request with tool calls fills them all.
+    assert ask(server, "TWO_TOOLS please").finals == 1
+    wait_idle(server)  # counted after its final response
     text = scrape_text(server.metrics_url)
     types = dict(line.split()[2:4] for line in text.splitlines() if line.startswith("# TYPE fca_"))
     assert types == FAMILIES

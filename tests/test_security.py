@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -212,7 +213,10 @@ def test_control_tokens_from_users_and_tools_stay_text(server, hermes_tokenizer_
 def test_server_log_holds_no_tool_payloads(server):
     outcome = ask(server, "AUDIT please")
     assert statuses(outcome) == [("get_audit_record", "ok")] and AUDIT_RESULT in json.dumps(outcome.trace)
-    log = server.log_text()
+    # The agent logs a call after its final response, and the stub's log lines reach the file later still.
+    deadline = time.monotonic() + 15
+    while "tool get_audit_record ok" not in (log := server.log_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert "tool get_audit_record ok" in log and "arguments=<redacted>" in log  # verbose logging is on
     for secret in (AUDIT_ACCOUNT, AUDIT_RESULT, "attacker.example", "lorem ipsum"):
         assert secret not in log, secret

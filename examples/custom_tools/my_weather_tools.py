@@ -1,8 +1,4 @@
-"""Example of a user tool module (see docs/tools.md). The weather here is MADE UP: a fixed table, no network.
-
-Offer it with `./serve.sh --tool-path examples/custom_tools --tool-modules function_calling_agent.tools.finance,my_weather_tools`
-(the `tool_path` and `tool_modules` parameters of function_calling_agent).
-"""
+"""My weather tools: the worked example of docs/tools.md. The weather is MADE UP: a fixed table, no network."""
 
 from typing import Literal
 

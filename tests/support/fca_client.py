@@ -20,15 +20,14 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import requests
+from tritonclient.utils import np_to_triton_dtype
 
 from function_calling_agent.adapter.contract import CLIENT_INPUTS
 
 MODEL = "function_calling_agent"
 
-# The agent's declared inputs and their Triton datatypes.
-# Client-side datatypes of the agent's inputs, from the contract (config TYPE_STRING is BYTES on the wire).
-DATATYPES = {name: spec.data_type.replace("TYPE_", "").replace("STRING", "BYTES")
-             for name, spec in CLIENT_INPUTS.items()}
+# The agent's declared inputs and their Triton datatypes, from the client contract.
+DATATYPES = {name: np_to_triton_dtype(np.dtype(spec.numpy_type)) for name, spec in CLIENT_INPUTS.items()}
 _NUMPY = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "FP64": np.float64,
           "BOOL": np.bool_, "UINT64": np.uint64, "UINT8": np.uint8}
 
@@ -51,7 +50,7 @@ def _array(value: Any, datatype: str) -> np.ndarray:
 
 
 def make_inputs(values: Mapping[str, Any]) -> list:
-    """gRPC InferInputs; a plain value becomes shape [1, 1] (stop_words [1, n]) in the input's declared datatype."""
+    """gRPC InferInputs; a plain value becomes shape [1, 1], a list [1, n], in the input's declared datatype."""
     import tritonclient.grpc as grpcclient
 
     inputs = []
@@ -61,7 +60,7 @@ def make_inputs(values: Mapping[str, Any]) -> list:
             datatype = value.datatype
         else:
             datatype = DATATYPES[name]
-            array = _array([list(value)] if name == "stop_words" else [[value]], datatype)
+            array = _array([list(value)] if isinstance(value, (list, tuple)) else [[value]], datatype)
         tensor = grpcclient.InferInput(name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)

@@ -24,6 +24,7 @@ from function_calling_agent.adapter.contract import (
     REQUEST_CANCELLED,
     InvalidRequest,
     check_declared,
+    decode_list_tools,
     decode_request,
 )
 from function_calling_agent.adapter.metrics import AgentMetrics
@@ -159,6 +160,13 @@ class TritonPythonModel:
         try:
             self.metrics.request_started()
             inputs = {name: _as_numpy(request, name) for name in CLIENT_INPUTS}
+            listing = decode_list_tools(inputs, max_input_chars=self.config.max_input_chars)
+            if listing is not None:
+                offered = self.tools.narrow(listing.tools) if listing.tools is not None else self.tools
+                schemas = [spec.openai_schema() for spec in offered.values()]
+                respond([_strings("tool_schemas", [json.dumps(schemas, ensure_ascii=False)])], flags=_FINAL)
+                final_sent, outcome = True, "list_tools"
+                return
             client = decode_request(inputs, max_tokens_limit=self.config.limits.max_context_tokens - 1,
                                     max_input_chars=self.config.max_input_chars, engine_inputs=self.engine.declared)
             if client.enable_thinking is not None and not self.chat.reasoning.switch:

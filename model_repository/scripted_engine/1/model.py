@@ -295,8 +295,10 @@ class TritonPythonModel:
                 peers.remove(generation)
             if not peers:
                 self.generations.pop(req.request_id, None)
-            self.metrics.ended(end)
-            self.record({"event": "end", **entry, "end": end, "tokens_sent": sent})
+            try:
+                self.record({"event": "end", **entry, "end": end, "tokens_sent": sent})
+            finally:  # the gauge drops last: a reader that sees nothing in flight finds every end in the log
+                self.metrics.ended(end)
 
     def stop(self, req: EngineRequest, responder: Responder) -> None:
         targets = self.generations.get(req.request_id, []) if req.request_id else []

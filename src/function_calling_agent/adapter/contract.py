@@ -40,14 +40,17 @@ SAMPLING_ENGINE_INPUTS = {
 GUIDED_DECODING_INPUTS = ("guided_decoding_guide_type", "guided_decoding_guide")
 BAD_WORDS_INPUT = "bad_words_list"
 
+
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
-    """One tensor of the contract: Triton data type, numpy type, and what it carries. Every input is [1] per request
-    (batch first, so [1, 1]) except `stop_words`, [-1]."""
+    """One tensor of the contract: Triton data type, numpy type, what it carries, and its dims per request (batch
+    first, so [1] is sent as [1, 1]). The list inputs are [-1] so that Triton's HTTP generate endpoints take a JSON
+    array of strings for them (one element per string, [1, N]); a [1] input would turn N strings into a batch of N."""
 
     data_type: str
     numpy_type: Any
     doc: str
+    dims: tuple[int, ...] = (1,)
 
 
 # Client input name -> spec. Only text_input/messages and max_tokens are needed; every other input is optional.
@@ -62,10 +65,12 @@ CLIENT_INPUTS: Mapping[str, TensorSpec] = {
     "repetition_penalty": TensorSpec("TYPE_FP32", np.float32, "sampling, every turn"),
     "presence_penalty": TensorSpec("TYPE_FP32", np.float32, "sampling, every turn"),
     "frequency_penalty": TensorSpec("TYPE_FP32", np.float32, "sampling, every turn"),
-    "stop_words": TensorSpec("TYPE_STRING", np.object_, "end the final answer (not tool turns)"),
-    "messages": TensorSpec("TYPE_STRING", np.object_, "OpenAI-style chat history as JSON, instead of text_input"),
+    "stop_words": TensorSpec("TYPE_STRING", np.object_, "end the final answer (not tool turns)", (-1,)),
+    "messages": TensorSpec("TYPE_STRING", np.object_, "OpenAI-style chat history, instead of text_input: the JSON "
+                           "list as one string, or one message as JSON per element", (-1,)),
     "max_iterations": TensorSpec("TYPE_INT32", np.int32, "may lower the server's limit, never raise it"),
-    "tools": TensorSpec("TYPE_STRING", np.object_, "JSON list of tool names: a subset of what the server offers"),
+    "tools": TensorSpec("TYPE_STRING", np.object_, "tool names, one per element (or one JSON list as text): a "
+                        "subset of what the server offers", (-1,)),
     "return_trace": TensorSpec("TYPE_BOOL", np.bool_, "add tool_trace to the final response"),
     "return_reasoning": TensorSpec("TYPE_BOOL", np.bool_,
                                    "send the model's reasoning as reasoning_output (deltas when streaming)"),
@@ -77,6 +82,8 @@ CLIENT_INPUTS: Mapping[str, TensorSpec] = {
     "tool_choice": TensorSpec("TYPE_STRING", np.object_,
                               'auto (default), none, required, or {"type": "function", "function": {"name": ...}}'),
     "parallel_tool_calls": TensorSpec("TYPE_BOOL", np.bool_, "false: a turn ends at its first tool call"),
+    "list_tools": TensorSpec("TYPE_BOOL", np.bool_,
+                             "true: answer at once with tool_schemas (narrowed by tools); no prompt, no engine call"),
 }
 REQUIRED_INPUTS = ("max_tokens",)
 CLIENT_OUTPUTS: Mapping[str, str] = {
@@ -86,6 +93,7 @@ CLIENT_OUTPUTS: Mapping[str, str] = {
     "tool_trace": "JSON: every call and the conversation in OpenAI form, to continue it through messages",
     "reasoning_output": "the model's reasoning (<think> blocks) when return_reasoning is true: deltas when streaming",
     "tool_calls": "JSON list of the client tool calls to run, in OpenAI form (finish_reason tool_calls); [] otherwise",
+    "tool_schemas": "JSON: the OpenAI tool schemas the server offers (list_tools requests only)",
 }
 
 
@@ -109,10 +117,13 @@ def error_kind(message: str) -> str:
 def check_declared(model_config: Mapping[str, Any]) -> None:
     """Raises ValueError when a model config (Triton's JSON form) does not declare exactly the contract's tensors."""
     declared = {t["name"]: t.get("data_type") for t in model_config.get("input", [])}
+    dims = {t["name"]: tuple(int(d) for d in t.get("dims", ())) for t in model_config.get("input", [])}
     problems = []
     for name, spec in CLIENT_INPUTS.items():
         if declared.get(name) != spec.data_type:
             problems.append(f"input {name!r} must be {spec.data_type}, got {declared.get(name, 'nothing')}")
+        elif dims[name] != spec.dims:
+            problems.append(f"input {name!r} must have dims {list(spec.dims)}, got {list(dims[name])}")
     problems += [f"input {name!r} is not part of the contract" for name in declared if name not in CLIENT_INPUTS]
     outputs = {t["name"] for t in model_config.get("output", [])}
     if outputs != set(CLIENT_OUTPUTS):
@@ -152,15 +163,15 @@ def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_lim
         _check_array(name, array)
 
     text = _string(arrays, "text_input", max_input_chars)
-    messages_json = _string(arrays, "messages", max_input_chars)
-    if (text is None) == (messages_json is None):
+    messages_texts = _texts(arrays, "messages", max_input_chars)
+    if (text is None) == (messages_texts is None):
         raise InvalidRequest("send exactly one of text_input (a prompt) or messages (a JSON chat history)")
     if text is not None:
         if not text.strip():
             raise InvalidRequest("text_input is empty: send the user's prompt")
         messages: tuple[dict, ...] = ({"role": "user", "content": text},)
     else:
-        messages = _messages(messages_json)
+        messages = _messages(messages_texts)
 
     max_tokens = _scalar(arrays, "max_tokens")
     if max_tokens is None:
@@ -188,13 +199,7 @@ def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_lim
         if max_iterations < 0:
             raise InvalidRequest(f"max_iterations must be >= 0, got {max_iterations}")
 
-    tools = None
-    tools_json = _string(arrays, "tools", max_input_chars)
-    if tools_json is not None:
-        value = _load_json(tools_json, "tools must be a JSON list of tool names; tools")
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise InvalidRequest('tools must be a JSON list of tool names, e.g. ["get_current_stock_price"]')
-        tools = tuple(dict.fromkeys(value))
+    tools = _tool_names(arrays, max_input_chars)
 
     client_tools: tuple[ClientToolSpec, ...] = ()
     client_tools_json = _string(arrays, "client_tools", max_input_chars)
@@ -241,6 +246,32 @@ def _check_engine_honours(tool_choice: ToolChoice, declared: set) -> None:
             f"does not offer; use tool_choice 'auto' or 'none'")
 
 
+@dataclasses.dataclass(frozen=True)
+class ToolListRequest:
+    tools: Optional[tuple[str, ...]]  # list only these (None: every tool the server offers)
+
+
+def decode_list_tools(inputs: Mapping[str, Optional[np.ndarray]], *, max_input_chars: int) -> Optional[ToolListRequest]:
+    """The request as a tool listing (`list_tools` true), or None when it is an agent request."""
+    arrays = {k: v for k, v in inputs.items() if v is not None}
+    if "list_tools" not in arrays:
+        return None
+    _check_array("list_tools", arrays["list_tools"])
+    if not _scalar(arrays, "list_tools"):
+        return None
+    for name in ("text_input", "messages"):
+        if name in arrays:
+            raise InvalidRequest(f"list_tools is answered on its own: send it without {name}")
+    if "tools" in arrays:
+        _check_array("tools", arrays["tools"])
+    return ToolListRequest(_tool_names(arrays, max_input_chars))
+
+
+def _tool_names(arrays, max_input_chars: int) -> Optional[tuple[str, ...]]:
+    texts = _texts(arrays, "tools", max_input_chars)
+    return _tools(texts) if texts is not None else None
+
+
 def _check_array(name: str, array: np.ndarray) -> None:
     spec = CLIENT_INPUTS.get(name)
     if spec is None:
@@ -251,7 +282,7 @@ def _check_array(name: str, array: np.ndarray) -> None:
                              f"got {array.dtype}")
     if array.ndim == 0 or array.shape[0] != 1:
         raise InvalidRequest(f"{name}: send one request per call (batch size 1), got shape {list(array.shape)}")
-    if name != "stop_words" and array.size != 1:
+    if spec.dims == (1,) and array.size != 1:
         raise InvalidRequest(f"{name} must hold exactly one value, got shape {list(array.shape)}")
 
 
@@ -279,6 +310,20 @@ def _strings(arrays, name: str) -> list[str]:
     if name not in arrays:
         return []
     return [_as_text(name, v, 4096) for v in arrays[name].reshape(-1)]
+
+
+def _texts(arrays, name: str, limit: int) -> Optional[list[str]]:
+    """The strings of a list input (None when absent); `limit` bounds their total length."""
+    if name not in arrays:
+        return None
+    values = arrays[name].reshape(-1)
+    if values.size > MAX_MESSAGES:
+        raise InvalidRequest(f"{name} holds {values.size} elements; the limit is {MAX_MESSAGES}")
+    texts = [_as_text(name, v, limit) for v in values]
+    total = sum(map(len, texts))
+    if total > limit:
+        raise InvalidRequest(f"{name} is {total} characters; the limit is {limit}: shorten it")
+    return texts
 
 
 def _scalar(arrays, name: str):
@@ -311,12 +356,26 @@ def _sampling(arrays) -> SamplingParams:
     )
 
 
-def _messages(text: str) -> tuple[dict, ...]:
-    value = _load_json(text, "messages")
-    if isinstance(value, dict) and isinstance(value.get("messages"), list):
-        value = value["messages"]
-    if not isinstance(value, list) or not value:
-        raise InvalidRequest('messages must be a non-empty JSON list like [{"role": "user", "content": "..."}]')
+_MESSAGES_FORMS = ('messages must be a non-empty JSON list like [{"role": "user", "content": "..."}], sent as one '
+                   'string; or one message as JSON text per element')
+
+
+def _messages(texts: list[str]) -> tuple[dict, ...]:
+    """Each element holds the JSON text of a list of messages (or of {"messages": [...]}) or of one message; in
+    order, they make the conversation. One element with the whole list is the common form."""
+    value: list = []
+    for i, text in enumerate(texts):
+        item = _load_json(text, "messages" if len(texts) == 1 else f"messages (element {i})")
+        if isinstance(item, dict) and "role" not in item and isinstance(item.get("messages"), list):
+            item = item["messages"]
+        if isinstance(item, dict):
+            value.append(item)
+        elif isinstance(item, list):
+            value.extend(item)
+        else:
+            raise InvalidRequest(_MESSAGES_FORMS)
+    if not value:
+        raise InvalidRequest(_MESSAGES_FORMS)
     if len(value) > MAX_MESSAGES:
         raise InvalidRequest(f"messages holds {len(value)} entries; the limit is {MAX_MESSAGES}")
     out = []
@@ -352,6 +411,23 @@ def _messages(text: str) -> tuple[dict, ...]:
     if out[-1]["role"] not in ("user", "tool"):
         raise InvalidRequest("the last message must be from the user (or a tool result) for the agent to answer")
     return tuple(out)
+
+
+_TOOLS_FORMS = ('send tool names one per element (on /generate a JSON array: ["get_current_stock_price"]) or one '
+                'JSON list as text')
+
+
+def _tools(texts: list[str]) -> tuple[str, ...]:
+    names: list = texts
+    if len(texts) == 1 and texts[0].lstrip().startswith("["):
+        names = _load_json(texts[0], "tools")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise InvalidRequest(f"tools must be a list of tool names: {_TOOLS_FORMS}")
+    for name in names:
+        # The rule ToolSpec applies to names, so anything else cannot name a tool (e.g. "a,b" or a JSON object).
+        if not name.replace("_", "a").replace("-", "a").isalnum():
+            raise InvalidRequest(f"tools: {name[:80]!r} is not a tool name; {_TOOLS_FORMS}")
+    return tuple(dict.fromkeys(names))
 
 
 def _load_json(text: str, name: str) -> Any:

@@ -5,8 +5,9 @@
     ...
     read_request_log(engine_dir)  # the engine's requests.jsonl, one dict per line
 
-The script is written to `<engine_dir>/script.json`; the engine re-reads it when it changes, so
-`write_script(engine_dir, script)` re-scripts a running server. The request log lives in `state_dir`
+A script given as a dict is written to `<engine_dir>/script.json`; one given as a path (a JSON file) is used in place.
+The engine re-reads its script when the file changes, so `write_script(engine_dir, script)`, or editing the file,
+re-scripts a running server. The request log lives in `state_dir`
 (default `<engine_dir>/state`).
 """
 
@@ -29,7 +30,7 @@ REQUEST_LOG = "requests.jsonl"
 
 def make_scripted_engine(
     repo_dir: str | os.PathLike,
-    script: dict,
+    script: dict | str | os.PathLike,
     tokenizer_dir: str | os.PathLike,
     *,
     model_name: str = "tensorrt_llm",
@@ -42,10 +43,16 @@ def make_scripted_engine(
     engine_dir = Path(repo_dir) / model_name
     if engine_dir.exists():
         raise FileExistsError(f"{engine_dir} already exists")
+    if isinstance(script, dict):
+        script_path = (engine_dir / SCRIPT_FILE).resolve()
+    else:
+        script_path = Path(script).resolve()
+        CompletionScript.load(script_path)  # ScriptError naming the file and the field to fix
     shutil.copytree(SCRIPTED_ENGINE_SOURCE, engine_dir, ignore=shutil.ignore_patterns("__pycache__"))
-    write_script(engine_dir, script)
+    if isinstance(script, dict):
+        write_script(engine_dir, script)
     values = {
-        "script_path": str((engine_dir / SCRIPT_FILE).resolve()),
+        "script_path": str(script_path),
         "tokenizer_dir": str(Path(tokenizer_dir).resolve()),
         "token_latency_ms": str(token_latency_ms),
         "prefill_latency_ms_per_token": str(prefill_latency_ms_per_token),
@@ -83,4 +90,6 @@ def read_request_log(engine_dir: str | os.PathLike) -> list[dict]:
     path = state_dir_of(engine_dir) / REQUEST_LOG
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8")
+    # A line the engine is still appending has no newline yet: it is read next time.
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]

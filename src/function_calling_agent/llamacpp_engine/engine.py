@@ -1,0 +1,387 @@
+"""Token generation on llama.cpp for the `tensorrt_llm` contract: many requests batched into each llama_decode.
+
+One generation thread owns the llama.cpp context. Every step it puts the next token of each decoding request and a
+chunk of each prefilling prompt into one batch and decodes it (so concurrent requests progress together, and a
+decode step of N requests costs little more than one on a memory-bound CPU), then samples each request's next
+token with the torch engine's sampler (TensorRT-LLM semantics) and acts on stop/cancel before the next step.
+
+Requests and updates are the torch engine's types (`cpu_engine.GenerationRequest`, `GenerationUpdate`, ...), so the
+Triton adapter and the contract parsing are shared.
+
+Prefix reuse: the context's unified KV cache holds `n_seq_max` sequence slots. A finished request leaves its
+tokens' KV in its slot; a new request takes the free slot whose cached tokens share the longest prefix with its
+prompt (or copies that prefix by reference from any other slot) and only evaluates the rest. Cached slots are evicted
+least recently used first when the cache needs room.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..cpu_engine.engine import (
+    FinishReason,
+    GenerationHandle,
+    GenerationRequest,
+    GenerationResult,
+    GenerationStats,
+    GenerationUpdate,
+    UpdateCallback,
+)
+from ..cpu_engine.sampling import TokenSampler, ends_with_any
+from .binding import LlamaModel
+
+_NO_ROOM = 1  # llama_decode: the KV cache has no room for this batch
+
+
+@dataclass
+class _Slot:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds, by position
+    owner: "_Sequence | None" = None
+    last_used: int = 0
+
+
+@dataclass
+class _Sequence:
+    request: GenerationRequest
+    handle: GenerationHandle
+    on_update: UpdateCallback
+    should_stop: Callable[[], bool] | None
+    max_new_tokens: int
+    sampler: TokenSampler
+    tokens: list[int]  # prompt + generated
+    slot: _Slot | None = None
+    reused: int = 0
+    prefilled: int = 0
+    generated: int = 0
+
+    @property
+    def prompt_length(self) -> int:
+        return len(self.request.input_ids)
+
+    @property
+    def reservation(self) -> int:
+        """KV cells this request may need at most."""
+        return self.prompt_length + self.max_new_tokens
+
+
+def _common_prefix(a: list[int], b: tuple[int, ...] | list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class LlamaCppEngine:
+    """Same interface as `cpu_engine.GenerationEngine` (submit/generate/close, max_seq_len, vocab_size)."""
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        *,
+        max_seq_len: int = 0,
+        prefill_chunk_tokens: int = 512,
+        prefix_reuse: bool = True,
+    ) -> None:
+        if prefill_chunk_tokens <= 0:
+            raise ValueError(f"prefill_chunk_tokens must be > 0, got {prefill_chunk_tokens}")
+        self._model = model
+        limit = min(model.n_ctx, model.n_ctx_train or model.n_ctx)
+        if max_seq_len > model.n_ctx:
+            raise ValueError(f"max_seq_len {max_seq_len} exceeds the KV cache of {model.n_ctx} tokens "
+                             "(raise kv_cache_tokens)")
+        self.max_seq_len = max_seq_len or limit
+        self.vocab_size = model.n_vocab
+        self.prefill_chunk_tokens = min(prefill_chunk_tokens, model.n_batch)
+        self.prefix_reuse_supported = prefix_reuse
+        self._slots = [_Slot(seq_id) for seq_id in range(model.n_seq_max)]
+        self._clock = itertools.count(1)
+        self._cond = threading.Condition()
+        self._pending: deque[_Sequence] = deque()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="llamacpp-generation", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self,
+        request: GenerationRequest,
+        on_update: UpdateCallback,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> GenerationHandle:
+        """Queue a request; `on_update` is called from the generation thread. Raises ValueError on bad input."""
+        prompt_length = len(request.input_ids)
+        if prompt_length == 0:
+            raise ValueError("input_ids must hold at least one token")
+        if prompt_length >= self.max_seq_len:
+            raise ValueError(f"prompt of {prompt_length} tokens leaves no room under max_seq_len {self.max_seq_len}")
+        if request.max_new_tokens < 0:
+            raise ValueError(f"request_output_len must be >= 0, got {request.max_new_tokens}")
+        bad = [t for t in request.input_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"input_ids hold ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+        handle = GenerationHandle()
+        sequence = _Sequence(
+            request=request,
+            handle=handle,
+            on_update=on_update,
+            should_stop=should_stop,
+            max_new_tokens=min(request.max_new_tokens, self.max_seq_len - prompt_length),
+            sampler=TokenSampler(request.sampling, self.vocab_size, request.bad_words),
+            tokens=list(request.input_ids),
+        )
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("generation engine is closed")
+            self._pending.append(sequence)
+            self._cond.notify()
+        return handle
+
+    def generate(
+        self, request: GenerationRequest, should_stop: Callable[[], bool] | None = None, timeout: float | None = None
+    ) -> GenerationResult:
+        """Blocking convenience: run one request to its end."""
+        updates: queue.Queue[GenerationUpdate] = queue.Queue()
+        self.submit(request, updates.put, should_stop)
+        tokens: list[int] = []
+        while True:
+            update = updates.get(timeout=timeout)
+            if update.error is not None:
+                raise update.error
+            tokens.extend(update.token_ids)
+            if update.final:
+                return GenerationResult(tuple(tokens), update.finish_reason, update.stats)
+
+    def cached_sequences(self) -> list[tuple[int, ...]]:
+        """Token sequences whose KV the idle slots keep, least recently used first (a snapshot; for tests)."""
+        with self._cond:
+            idle = [s for s in self._slots if s.owner is None and s.tokens]
+            return [tuple(s.tokens) for s in sorted(idle, key=lambda s: s.last_used)]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel what is queued or running, stop the generation thread and free the llama.cpp context."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._model.close()
+
+    # ---- generation thread ------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        waiting: deque[_Sequence] = deque()
+        active: list[_Sequence] = []
+        while True:
+            with self._cond:
+                while not self._pending and not waiting and not active and not self._closed:
+                    self._cond.wait()
+                waiting.extend(self._pending)
+                self._pending.clear()
+                if self._closed:
+                    for sequence in list(active) + list(waiting):
+                        self._finish(sequence, FinishReason.CANCELLED, keep_cache=False)
+                    return
+            for sequence in list(active):
+                if self._should_end(sequence):
+                    active.remove(sequence)
+            for sequence in list(waiting):
+                if self._should_end(sequence):
+                    waiting.remove(sequence)
+            self._admit(waiting, active)
+            if active:
+                self._step(active)
+
+    def _should_end(self, seq: _Sequence) -> bool:
+        reason = seq.handle.requested_finish
+        if reason is None and seq.should_stop is not None:
+            try:
+                if seq.should_stop():
+                    reason = FinishReason.STOPPED
+            except Exception as exc:  # a broken stop check ends only its own request
+                self._fail(seq, exc)
+                return True
+        if reason is not None:
+            self._finish(seq, reason)
+            return True
+        return False
+
+    def _admit(self, waiting: deque[_Sequence], active: list[_Sequence]) -> None:
+        """Start waiting requests in arrival order while a slot is free and the KV cache can hold them."""
+        reserved = sum(seq.reservation for seq in active)
+        while waiting:
+            seq = waiting[0]
+            free = [slot for slot in self._slots if slot.owner is None]
+            if not free or (active and reserved + seq.reservation > self._model.n_ctx):
+                return
+            waiting.popleft()
+            try:
+                self._start(seq, free)
+            except Exception as exc:
+                self._fail(seq, exc)
+                continue
+            if seq.max_new_tokens == 0:
+                self._finish(seq, FinishReason.LENGTH)
+                continue
+            active.append(seq)
+            reserved += seq.reservation
+
+    def _start(self, seq: _Sequence, free: list[_Slot]) -> None:
+        seq.sampler.observe(seq.tokens)
+        prompt = seq.request.input_ids
+        # At least one prompt token is always evaluated: its logits pick the first new token.
+        limit = seq.prompt_length - 1
+        source, best = None, 0
+        if self.prefix_reuse_supported:
+            for slot in self._slots:  # running requests' prefixes count too: copying shares their cells
+                length = min(_common_prefix(slot.tokens, prompt), limit)
+                if length > best:
+                    source, best = slot, length
+        # A free slot whose cached tokens all lead into this prompt loses nothing when taken (an agent's previous
+        # turn, an empty slot); otherwise the least recently used one gives up its cache. A longer cached
+        # sequence that only shares a prefix stays intact: the prefix is copied out of it.
+        covered = [s for s in free if _common_prefix(s.tokens, prompt) == len(s.tokens)]
+        if source is not None and source in covered:
+            target = source
+        elif covered:
+            target = max(covered, key=lambda s: len(s.tokens))
+        else:
+            target = min(free, key=lambda s: s.last_used)
+        with self._cond:  # cached_sequences() reads slots from other threads
+            if source is None or best == 0:
+                self._model.clear(target.seq_id)
+                target.tokens = []
+                best = 0
+            elif target is source:
+                if self._model.truncate(target.seq_id, best):
+                    del target.tokens[best:]
+                else:
+                    self._model.clear(target.seq_id)
+                    target.tokens = []
+                    best = 0
+            else:
+                self._model.clear(target.seq_id)
+                self._model.copy_prefix(source.seq_id, target.seq_id, best)
+                target.tokens = list(source.tokens[:best])
+            target.owner = seq
+        seq.slot = target
+        seq.reused = best
+
+    def _step(self, active: list[_Sequence]) -> None:
+        """One llama_decode: one token for every decoding request, prompt chunks for prefilling ones."""
+        items, owners = [], []
+        budget = self._model.n_batch
+        for seq in active:
+            if len(seq.slot.tokens) >= seq.prompt_length:
+                items.append((seq.slot.seq_id, len(seq.slot.tokens), seq.tokens[-1:], True))
+                owners.append(seq)
+                budget -= 1
+        budget = min(budget, self.prefill_chunk_tokens)
+        for seq in active:
+            done = len(seq.slot.tokens)
+            if done < seq.prompt_length and budget > 0:
+                chunk = seq.tokens[done:min(seq.prompt_length, done + budget)]
+                items.append((seq.slot.seq_id, done, chunk, done + len(chunk) == seq.prompt_length))
+                owners.append(seq)
+                budget -= len(chunk)
+        if not items:
+            return
+        try:
+            status, rows = self._model.decode(items)
+            while status == _NO_ROOM and self._evict_one():
+                status, rows = self._model.decode(items)
+        except Exception as exc:
+            status, error = -1, exc
+        else:
+            error = None if status == 0 else RuntimeError(
+                f"llama_decode failed with status {status}" + (
+                    f" (no room in the KV cache of {self._model.n_ctx} tokens: raise kv_cache_tokens or lower "
+                    "max_sequences)" if status == _NO_ROOM else ""))
+        if error is not None:
+            for seq in owners:
+                self._fail(seq, error)
+                active.remove(seq)
+            return
+        for seq, (_, _, tokens, _), row in zip(owners, items, rows):
+            if len(seq.slot.tokens) < seq.prompt_length:
+                seq.prefilled += len(tokens)
+            seq.slot.tokens.extend(tokens)
+            if row < 0:
+                continue
+            try:
+                token = seq.sampler.select(torch.from_numpy(self._model.logits(row)), seq.tokens)
+                if self._accept(seq, token):
+                    active.remove(seq)
+            except Exception as exc:  # one bad request must not take the generation thread down
+                self._fail(seq, exc)
+                active.remove(seq)
+
+    def _evict_one(self) -> bool:
+        """Drop the least recently used idle slot's cached KV; False when none is left."""
+        cached = [s for s in self._slots if s.owner is None and s.tokens]
+        if not cached:
+            return False
+        victim = min(cached, key=lambda s: s.last_used)
+        with self._cond:
+            self._model.clear(victim.seq_id)
+            victim.tokens = []
+        return True
+
+    def _accept(self, seq: _Sequence, token: int) -> bool:
+        request = seq.request
+        if request.end_id is not None and token == request.end_id:
+            self._finish(seq, FinishReason.END_ID)
+            return True
+        seq.tokens.append(token)
+        seq.generated += 1
+        seq.sampler.observe((token,))
+        if request.stop_words and ends_with_any(seq.tokens[seq.prompt_length:], request.stop_words):
+            self._finish(seq, FinishReason.STOP_WORDS, token)
+            return True
+        if seq.generated >= seq.max_new_tokens:
+            self._finish(seq, FinishReason.LENGTH, token)
+            return True
+        self._emit(seq, GenerationUpdate(token_ids=(token,)))
+        return False
+
+    def _release(self, seq: _Sequence, keep_cache: bool) -> None:
+        slot = seq.slot
+        if slot is None:
+            return
+        with self._cond:
+            if not (keep_cache and self.prefix_reuse_supported):
+                self._model.clear(slot.seq_id)
+                slot.tokens = []
+            slot.owner = None
+            slot.last_used = next(self._clock)
+        seq.slot = None
+
+    def _finish(self, seq: _Sequence, reason: FinishReason, token: int | None = None, keep_cache: bool = True) -> None:
+        self._release(seq, keep_cache)
+        stats = GenerationStats(
+            prompt_tokens=seq.prompt_length,
+            reused_tokens=seq.reused,
+            prefilled_tokens=seq.prefilled,
+            generated_tokens=seq.generated,
+        )
+        token_ids = () if token is None else (token,)
+        self._emit(seq, GenerationUpdate(token_ids=token_ids, finish_reason=reason, stats=stats))
+
+    def _fail(self, seq: _Sequence, error: BaseException) -> None:
+        self._release(seq, keep_cache=False)
+        self._emit(seq, GenerationUpdate(error=error))
+
+    @staticmethod
+    def _emit(seq: _Sequence, update: GenerationUpdate) -> None:
+        try:
+            seq.on_update(update)
+        except Exception:  # the consumer is gone; it no longer wants tokens
+            seq.handle.cancel()
