@@ -1,16 +1,20 @@
 """The README's main command: function_calling_agent on a real CPU tritonserver.
 
-  ./serve.sh                                    the default model from the Hugging Face hub (cached under .serve/);
-                                                where no checkpoint can be had, a tiny offline model trained to call
-                                                the built-in finance tools (a demo of the agent, not a real LLM)
+  ./serve.sh                                    the default model, 4-bit GGUF on llama.cpp, from the Hugging Face hub
+                                                (cached under .serve/); where no checkpoint can be had, a tiny offline
+                                                model trained to call the built-in finance tools (a demo of the agent,
+                                                not a real LLM)
   ./serve.sh --model /path/to/checkpoint        a local Hugging Face checkpoint in the Hermes/ChatML tool format
+                                                (converted to 4-bit GGUF once; --engine torch serves it as it is)
+  ./serve.sh --model FILE.gguf --tokenizer DIR  a GGUF file and the Hugging Face tokenizer of its model
   ./serve.sh --engine scripted --script FILE    no weights at all: a scripted model says what FILE says; try your
                                                 tools this way (docs/tools.md)
   ./serve.sh --tool-path DIR --tool-modules function_calling_agent.tools.finance,my_tools
                                                 offer your own tool modules, imported from DIR
   ./serve.sh --plumbing-check                   a tiny random model: checks the wiring only, its answers are noise
 
-It assembles the cpu profile (function_calling_agent + the CPU engine in the tensorrt_llm slot), starts tritonserver
+It assembles the cpu profile (function_calling_agent + a CPU engine in the tensorrt_llm slot: llama.cpp by default,
+torch with --engine torch), starts tritonserver
 on ports 8000/8001/8002, sends demo requests (a tool round, then a second request continuing the conversation
 through `messages`) and serves until Ctrl-C. A start-up problem ends it with one line that says what to change;
 tritonserver's full log is .serve/tritonserver.log. On a machine with an NVIDIA GPU and Docker, use
@@ -75,9 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=os.environ.get("FCA_MODEL"), metavar="ID_OR_DIR",
                         help=f"Hugging Face model id (downloaded once into the state dir) or local checkpoint "
                              f"directory; default {DEFAULT_MODEL}, or the FCA_MODEL environment variable")
-    parser.add_argument("--engine", choices=("cpu", "scripted"), default="cpu",
-                        help="cpu: the CPU engine runs a real checkpoint (default); scripted: replay the completions "
-                             "of --script, no model weights (try your tools, docs/tools.md)")
+    parser.add_argument("--engine", choices=("llamacpp", "torch", "scripted"), default="llamacpp",
+                        help="llamacpp: llama.cpp runs a 4-bit GGUF of the model (default; the fastest on a CPU); "
+                             "torch: transformers/torch runs the checkpoint in float32; scripted: replay the "
+                             "completions of --script, no model weights (try your tools, docs/tools.md)")
+    parser.add_argument("--tokenizer", metavar="DIR",
+                        help="with --model FILE.gguf: the Hugging Face tokenizer directory of the model the GGUF was "
+                             "made from (the agent tokenizes with it; the engine checks they agree)")
     parser.add_argument("--script", metavar="FILE",
                         help="JSON script of the scripted engine (with --engine scripted; format in docs/tools.md); "
                              "edits are picked up while serving")
@@ -98,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-port", type=int, default=8002, metavar="PORT",
                         help="Prometheus metrics port (default 8002)")
     parser.add_argument("--demo-prompt", metavar="TEXT",
-                        help="send this prompt as the demo instead of the finance demo (the default demo with "
-                             "--engine cpu; no demo with --engine scripted unless given)")
+                        help="send this prompt as the demo instead of the finance demo (the default demo with a "
+                             "model; no demo with --engine scripted unless given)")
     parser.add_argument("--no-demo", action="store_true", help="send no demo request once ready")
     parser.add_argument("--state-dir", default=os.environ.get("FCA_SERVE_DIR", str(DEFAULT_STATE_DIR)),
                         metavar="DIR",
@@ -141,9 +149,10 @@ def tool_path_dirs(values: list[str]) -> list[Path]:
 # ------------------------------------------------------------------------------------------------------- checkpoints
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
-    path: Path
+    path: Path  # the Hugging Face checkpoint (its tokenizer too), or the tokenizer of a GGUF
     kind: str  # checkpoint | offline-demo | plumbing | scripted
     label: str  # how the serve log names it
+    gguf: Path | None = None  # the GGUF file the llama.cpp engine serves, once known
 
 
 def hub_endpoint() -> str:
@@ -199,20 +208,39 @@ def resolve_checkpoint(args, state_dir: Path, tool_modules: str, tool_path: list
     explicit = args.model is not None
     model = args.model if explicit else DEFAULT_MODEL
     candidate = Path(model).expanduser()
+    llamacpp = args.engine == "llamacpp"
+    if candidate.suffix == ".gguf" or _is_gguf(candidate):
+        if not llamacpp:
+            raise ServeError(f"--model {model} is a GGUF file: serve it with --engine llamacpp (the default)")
+        if not candidate.is_file():
+            raise ServeError(f"--model {model}: no such file")
+        if not args.tokenizer or not (Path(args.tokenizer).expanduser() / "tokenizer_config.json").is_file():
+            raise ServeError(f"--model {model} is a GGUF file: pass --tokenizer DIR, the Hugging Face tokenizer "
+                             "directory of the model it was made from (holding tokenizer_config.json)")
+        tokenizer = Path(args.tokenizer).expanduser().resolve()
+        return Checkpoint(tokenizer, "checkpoint", f"{candidate.resolve()} with the tokenizer {tokenizer}",
+                          gguf=candidate.resolve())
     if candidate.is_dir():
         if not (candidate / "config.json").is_file():
             raise ServeError(f"--model {model} has no config.json: point it at a Hugging Face checkpoint directory")
         return Checkpoint(candidate.resolve(), "checkpoint", str(candidate.resolve()))
     if candidate.exists():
-        raise ServeError(f"--model {model} is a file: point it at a Hugging Face checkpoint directory")
+        raise ServeError(f"--model {model} is a file: point it at a Hugging Face checkpoint directory (or a .gguf "
+                         "file with --tokenizer DIR)")
     if not _MODEL_ID.fullmatch(model):
         raise ServeError(f"--model {model}: no such directory (and not a Hugging Face model id like org/name)")
 
     target = state_dir / "checkpoints" / model.replace("/", "--")
-    if (target / ".download-complete").is_file():
+    if llamacpp:
+        cached = fetch_gguf(model, state_dir, allow_download=False)
+        if cached is not None:
+            return cached
+    elif (target / ".download-complete").is_file():
         return Checkpoint(target, "checkpoint", f"{model} (cached in {target})")
     problem = probe_hub(model)
     if problem is None:
+        if llamacpp:
+            return fetch_gguf(model, state_dir, allow_download=True)
         download(model, target, state_dir)
         return Checkpoint(target, "checkpoint", f"{model} (downloaded into {target})")
     kind, reason = problem
@@ -227,6 +255,43 @@ def resolve_checkpoint(args, state_dir: Path, tool_modules: str, tool_path: list
                 if kind == "unreachable" else "try again later, or pass a local checkpoint directory")
         raise ServeError(not_local + f"the Hugging Face hub ({hub_endpoint()}) cannot serve it ({reason}): {hint}")
     return offline_demo_checkpoint(state_dir, reason, tool_modules, tool_path)
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"  # the format's magic
+    except OSError:
+        return False
+
+
+def fetch_gguf(model_id: str, state_dir: Path, allow_download: bool) -> Checkpoint | None:
+    """The model's 4-bit GGUF and tokenizer: cached, or (allow_download) the official GGUF build from the hub."""
+    from function_calling_agent.llamacpp_engine.resolve import GgufUnavailable, resolve_gguf
+
+    try:
+        found = resolve_gguf(model_id, cache_dir=state_dir / "gguf", allow_download=allow_download, log=log)
+    except GgufUnavailable as exc:
+        if not allow_download:
+            return None
+        raise ServeError(one_line(exc)) from None
+    return Checkpoint(found.tokenizer_dir, "checkpoint", f"{found.origin} ({found.gguf_path.name})", gguf=found.gguf_path)
+
+
+def as_gguf(checkpoint: Checkpoint, state_dir: Path) -> Checkpoint:
+    """A local checkpoint converted for llama.cpp (once, cached): 4-bit for a real model, float32 for the tiny
+    offline models (their weights are trained to tight margins)."""
+    if checkpoint.gguf is not None:
+        return checkpoint
+    from function_calling_agent.llamacpp_engine.resolve import DEFAULT_QUANT, GgufUnavailable, resolve_gguf
+
+    quant = DEFAULT_QUANT if checkpoint.kind == "checkpoint" else "F32"
+    try:
+        found = resolve_gguf(str(checkpoint.path), cache_dir=state_dir / "gguf", quant=quant, log=log)
+    except (GgufUnavailable, ValueError) as exc:
+        raise ServeError(f"{checkpoint.label} cannot be converted for llama.cpp ({one_line(exc)}): serve it with "
+                         "--engine torch, or pass an official GGUF with --model FILE.gguf --tokenizer DIR") from None
+    return dataclasses.replace(checkpoint, gguf=found.gguf_path, label=f"{checkpoint.label}, {quant} GGUF")
 
 
 def plumbing_checkpoint(state_dir: Path) -> Path:
@@ -276,8 +341,13 @@ def build_repository(args, state_dir: Path, tool_path: list[Path]) -> tuple[Path
     from deploy.configure_repository import configure
     from function_calling_agent.model_config import ModelConfigError
 
-    values = {"tokenizer_dir": str(checkpoint.path), "model_dir": str(checkpoint.path),
-              "tool_modules": args.tool_modules, "max_context_tokens": str(args.max_context_tokens)}
+    values = {"tokenizer_dir": str(checkpoint.path), "tool_modules": args.tool_modules,
+              "max_context_tokens": str(args.max_context_tokens)}
+    if args.engine == "llamacpp":
+        checkpoint = as_gguf(checkpoint, state_dir)
+        values.update(engine="llamacpp", gguf_path=str(checkpoint.gguf))
+    else:
+        values["model_dir"] = str(checkpoint.path)
     if tool_path:
         values["tool_path"] = os.pathsep.join(str(p) for p in tool_path)
     try:
@@ -290,8 +360,9 @@ def build_repository(args, state_dir: Path, tool_path: list[Path]) -> tuple[Path
 def build_scripted_repository(args, state_dir: Path, repository: Path, tool_path: list[Path]):
     if not args.script:
         raise ServeError("--engine scripted needs --script FILE, a JSON script of what the model says (docs/tools.md)")
-    if args.model is not None or args.plumbing_check:
-        raise ServeError("--engine scripted replays --script and uses no model: drop --model / --plumbing-check")
+    if args.model is not None or args.plumbing_check or args.tokenizer:
+        raise ServeError("--engine scripted replays --script and uses no model: drop --model / --tokenizer / "
+                         "--plumbing-check")
     script = Path(args.script).expanduser()
     if not script.is_file():
         raise ServeError(f"--script {args.script}: no such file")
@@ -430,7 +501,7 @@ def serve(args) -> int:
         urls = server.urls
         log(f"ready in {time.monotonic() - started:.1f} s: HTTP {urls['http']}  gRPC {urls['grpc']}  "
             f"metrics {urls['metrics']}")
-        if not args.no_demo and (args.engine == "cpu" or args.demo_prompt):
+        if not args.no_demo and (args.engine != "scripted" or args.demo_prompt):
             try:
                 run_demo(urls["http"], args, checkpoint)
             except (ServeError, OSError, ValueError) as exc:

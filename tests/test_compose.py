@@ -180,14 +180,17 @@ def test_both_profiles_mount_the_mcp_folder_and_pass_the_servers_file(tmp_path):
 
 
 @pytest.mark.integration
-def test_the_cpu_service_command_serves_the_mounted_tools(tmp_path, tiny_llama_dir):
+@pytest.mark.parametrize("engine", ["llamacpp", "torch"])
+def test_the_cpu_service_command_serves_the_mounted_tools(tmp_path, tiny_llama_dir, engine):
     """deploy/start_triton_cpu.sh with the environment compose gives triton-cpu; only the container's folders are
-    moved to temporary ones (the checkpoint is a tiny local one, marked as downloaded)."""
+    moved to temporary ones (the checkpoint is a tiny local one, marked as downloaded; llama.cpp converts it to a
+    float32 GGUF, its random weights being too small for 4-bit blocks)."""
     from deploy.triton_launcher import free_port
     from tests.support.fca_client import http_generate, is_ready
 
     service = normalized_config(tmp_path, "cpu", TOOL_MODULES="function_calling_agent.tools.finance,my_weather_tools",
-                                CPU_HF_MODEL="org/tiny-llama")["services"]["triton-cpu"]
+                                CPU_HF_MODEL="org/tiny-llama", CPU_ENGINE=engine)["services"]["triton-cpu"]
+    assert service["environment"]["CPU_ENGINE"] == engine
     checkpoint = shutil.copytree(tiny_llama_dir, tmp_path / "checkpoint")
     (checkpoint / ".download-complete").write_text("model=org/tiny-llama revision=main")
     tools = tmp_path / "tools"  # the mounted folder
@@ -196,7 +199,8 @@ def test_the_cpu_service_command_serves_the_mounted_tools(tmp_path, tiny_llama_d
     ports = {"HTTP_PORT": free_port(), "GRPC_PORT": free_port(), "METRICS_PORT": free_port()}
     env = {**os.environ, **{k: str(v) for k, v in service["environment"].items()}, **{k: str(v) for k, v in ports.items()},
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the image's python
-           "CHECKPOINT_DIR": str(checkpoint), "TOOL_PATH": str(tools), "MODEL_REPOSITORY_DIR": str(tmp_path / "repo")}
+           "CHECKPOINT_DIR": str(checkpoint), "TOOL_PATH": str(tools), "MODEL_REPOSITORY_DIR": str(tmp_path / "repo"),
+           "GGUF_CACHE_DIR": str(tmp_path / "gguf"), "GGUF_QUANT": "F32"}
     process = subprocess.Popen(service["command"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     http = f"127.0.0.1:{ports['HTTP_PORT']}"
@@ -210,6 +214,10 @@ def test_the_cpu_service_command_serves_the_mounted_tools(tmp_path, tiny_llama_d
         assert status == 200, body
         names = [schema["function"]["name"] for schema in json.loads(body["tool_schemas"])]
         assert names[-2:] == ["get_example_weather", "convert_temperature"] and "get_current_stock_price" in names
+        engine_config = (tmp_path / "repo" / "tensorrt_llm" / "config.pbtxt").read_text(encoding="utf-8")
+        assert ('key: "gguf_path"' if engine == "llamacpp" else 'key: "model_dir"') in engine_config
+        status, body = http_generate(http, {"text_input": "hi", "max_tokens": 4})  # the engine generates
+        assert status == 200 and body["finish_reason"] in ("stop", "length", "incomplete"), body
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

@@ -86,7 +86,8 @@ def test_grpc_listing_carries_the_narrowed_schemas(served):
     ({"list_tools": True, "text_input": "hi"}, "list_tools is answered on its own: send it without text_input"),
     ({"list_tools": True, "messages": '[{"role": "user", "content": "hi"}]'},
      "list_tools is answered on its own: send it without messages"),
-    ({"list_tools": True, "tools": "get_company_news"}, "tools must be a JSON list of tool names"),
+    ({"list_tools": True, "tools": "get_company_news,get_current_stock_price"},
+     "is not a tool name; send tool names one per element"),
     ({"text_input": "hi"}, "max_tokens is required"),
 ])
 def test_bad_listing_requests_say_what_to_change(served, body, message):

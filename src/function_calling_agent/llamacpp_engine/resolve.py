@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlparse
 
 from .convert import quantize_gguf, write_gguf
 
@@ -43,15 +41,6 @@ class GgufModel:
     gguf_path: Path
     tokenizer_dir: Path
     origin: str  # how it was obtained, for the serve command's log
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((endpoint.hostname or "huggingface.co", endpoint.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _checkpoint_key(checkpoint: Path) -> str:
@@ -149,10 +138,16 @@ def resolve_gguf(model: str, *, tokenizer_dir: str | os.PathLike | None = None,
     cached = _cached_hub_model(model, cache, quant)
     if cached is not None:
         return cached
-    if not allow_download or not hub_reachable():
-        raise GgufUnavailable(f"cannot reach the Hugging Face hub to fetch {model}: pass a local .gguf file with its "
+    if not allow_download:
+        raise GgufUnavailable(f"{model} is not cached and downloads are off: pass a local .gguf file with its "
                               "tokenizer directory, or a local Hugging Face checkpoint directory")
-    resolved = _download_hub_model(model, cache, quant, log)
+    try:  # huggingface_hub honours HF_ENDPOINT, HF_TOKEN and the proxy variables
+        resolved = _download_hub_model(model, cache, quant, log)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise GgufUnavailable(f"fetching {model} from the Hugging Face hub failed ({type(exc).__name__}: {first}): "
+                              "pass a local .gguf file with its tokenizer directory, or a local Hugging Face "
+                              "checkpoint directory") from exc
     if tokenizer_dir is not None:
         return GgufModel(resolved.gguf_path, Path(tokenizer_dir).expanduser().resolve(), resolved.origin)
     return resolved

@@ -16,6 +16,7 @@ then watch: a call that finds the connection closed, a transport failure, or a l
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import contextlib
 import sys
@@ -39,9 +40,13 @@ def backoff_delay(failures: int) -> float:
     return min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** (failures - 1))
 
 
+# anyio raises exception groups from task groups (builtin from Python 3.11, the exceptiongroup backport before).
+_GROUP = getattr(builtins, "BaseExceptionGroup", None) or __import__("exceptiongroup").BaseExceptionGroup
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for an exception, unwrapping the exception groups anyio raises from task groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+    while isinstance(exc, _GROUP) and exc.exceptions:
         exc = exc.exceptions[0]
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:500]
