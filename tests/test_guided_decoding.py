@@ -87,6 +87,25 @@ def test_a_bad_guide_is_refused_with_what_to_change(engine, guide, message):
         engine.submit(GenerationRequest(PROMPT, 10, end_id=3, guide=guide), lambda update: None)
 
 
+def test_the_llama_cpp_engine_honours_the_same_guide(tiny_llama_gguf, tokenizer):
+    from function_calling_agent.llamacpp_engine.binding import ContextSettings, LlamaModel
+    from function_calling_agent.llamacpp_engine.engine import LlamaCppEngine
+
+    model = LlamaModel(tiny_llama_gguf, ContextSettings(n_ctx=1024, n_seq_max=1, n_batch=65, n_threads=1,
+                                                        n_threads_batch=1, kv_cache_type="f32"))
+    engine = LlamaCppEngine(model, prefill_chunk_tokens=64, guides=GuideCompiler(tokenizer, model.n_vocab))
+    try:
+        schema = call_object_schema(client_tool_specs(DIGIT_TOOL)[0])
+        result = engine.generate(GenerationRequest(PROMPT, 200, end_id=end_id(tokenizer),
+                                                   guide=("json_schema", json.dumps(schema))), timeout=120)
+        assert result.finish_reason is FinishReason.END_ID
+        jsonschema.validate(json.loads(tokenizer.decode(result.token_ids)), schema)
+        with pytest.raises(GuideError, match="not a valid regex guide"):
+            engine.submit(GenerationRequest(PROMPT, 10, end_id=3, guide=("regex", "(")), lambda update: None)
+    finally:
+        engine.close()
+
+
 def test_parse_request_reads_the_guide_inputs():
     arrays = {"input_ids": np.array([[1, 2]], np.int32), "request_output_len": np.array([[4]], np.int32),
               "guided_decoding_guide_type": np.array([[b"json_schema"]], object),

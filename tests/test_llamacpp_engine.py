@@ -533,11 +533,7 @@ def test_config_template_speaks_exactly_the_torch_engines_contract():
     ours = _parse_config(LLAMACPP_MODEL_DIR / "config.pbtxt",
                          {"gguf_path": "/m.gguf", "tokenizer_dir": "/t", "engine_instance_count": "1"})
     torch_engine = _parse_config(TORCH_MODEL_DIR / "config.pbtxt", {"model_dir": "/m", "engine_instance_count": "1"})
-    # Guided decoding (tool_choice required / a named function) is the torch engine's alone: the llama.cpp engine
-    # does not declare its inputs, so the agent refuses such a request there instead of ignoring the guide.
-    guided = {"guided_decoding_guide_type", "guided_decoding_guide"}
-    assert list(ours.input) == [i for i in torch_engine.input if i.name not in guided]
-    assert list(ours.output) == list(torch_engine.output)
+    assert list(ours.input) == list(torch_engine.input) and list(ours.output) == list(torch_engine.output)
     assert ours.max_batch_size == torch_engine.max_batch_size and ours.model_transaction_policy.decoupled
     assert ours.name == "" and ours.backend == "python"
     LlamaCppConfig.from_model_config(
