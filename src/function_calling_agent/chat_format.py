@@ -350,6 +350,12 @@ class ChatFormat:
         backend = self.tokenizer.backend_tokenizer
         return [stream.step(backend, i) for i in ids]
 
+    def call_prefix(self, in_reasoning: bool) -> tuple[int, ...]:
+        """The start of a turn that must call a tool (tool_choice), as the template's own markup: the call tag,
+        after closing the think block the generation prompt opened, if it did."""
+        text = (THINK_CLOSE + "\n\n" if in_reasoning else "") + TOOL_CALL_OPEN + "\n"
+        return tuple(self.tokenizer.encode(text, add_special_tokens=False))
+
     @staticmethod
     def tool_response_content(name: str, content_json: str) -> str:
         """The Hermes tool-result payload `{"name": ..., "content": ...}`; `content_json` is already JSON text."""

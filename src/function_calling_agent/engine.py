@@ -31,6 +31,15 @@ class SamplingParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class GuidedDecoding:
+    """A constraint on what the engine may generate: TensorRT-LLM's `guided_decoding_guide_type` (json,
+    json_schema, regex, ebnf_grammar) and `guided_decoding_guide` (the schema, pattern or grammar text)."""
+
+    guide_type: str
+    guide: str
+
+
+@dataclasses.dataclass(frozen=True)
 class EngineRequest:
     """One engine turn: generate at most `max_tokens` ids after `prompt_ids`."""
 
@@ -44,6 +53,8 @@ class EngineRequest:
     bad_words: tuple[tuple[int, ...], ...] = ()
     # Token sequences that end the turn besides end_id: the model's other end ids (TRT-LLM takes one end_id).
     stop_words: tuple[tuple[int, ...], ...] = ()
+    # The turn must follow this guide (tool_choice required or a named function); None: unconstrained.
+    guided: Optional[GuidedDecoding] = None
 
 
 @dataclasses.dataclass(frozen=True)

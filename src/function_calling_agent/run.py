@@ -4,6 +4,7 @@ Each step ends in a defined outcome. The finish reasons a client sees:
   stop        the model answered (or a client stop word ended the answer)
   length      a turn hit `max_tokens`, or the context budget ran out
   incomplete  a limit (iterations, repair turns, deadline) was hit and the model still did not answer
+  tool_calls  the model called client tools: the turn's server calls ran, the client calls are the result
   cancelled / error are produced by the adapter when the run is cancelled or the engine fails.
 """
 
@@ -12,15 +13,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import secrets
 import time
 from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
 
 import pydantic
 
 from .chat_format import FINAL_ANSWER_NOTE, ChatFormat, Prompt
+from .continuation import PendingTurn, PendingTurns
 from .engine import EngineClient, EngineRequest, SamplingParams
 from .limits import AgentLimits
 from .tool_call_parser import AnswerStream, ToolCall, ToolCallFormatError, parse_tool_calls
+from .tool_choice import ToolChoice
+from .tools.client import ClientToolSpec, offer_tools, openai_call
 from .tools.execution import ToolExecutor, ToolOutcome
 from .tools.results import cap_json, to_json_text
 from .tools.spec import ToolSpec, ToolStatus
@@ -43,6 +48,9 @@ class AgentRequest:
     stop_words: tuple[str, ...] = ()
     max_iterations: Optional[int] = None  # may only lower the server's limit
     enable_thinking: Optional[bool] = None  # the template's thinking switch (Qwen3 hybrid); None: the model's default
+    client_tools: tuple[ClientToolSpec, ...] = ()  # offered next to the server's tools; the client runs them
+    tool_choice: ToolChoice = ToolChoice()
+    parallel_tool_calls: bool = True  # False: a turn ends at its first call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,10 +115,14 @@ class AgentRun:
         on_reasoning: Optional[Callable[[str], Awaitable[None]]] = None,
         serialize_result: SerializeResult = to_json_text,
         clock: Callable[[], float] = time.monotonic,
+        pending_turns: Optional[PendingTurns] = None,
     ):
+        """Raises `ToolOfferError` (a client tool named like a server tool) or `ToolChoiceError` (a tool_choice that
+        names no offered tool): the client must change the request."""
         self.engine = engine
         self.chat = chat
-        self.tools = dict(tools)
+        self.tools = offer_tools(tools, request.client_tools)
+        request.tool_choice.check_offered(self.tools)
         self.executor = executor
         self.limits = limits
         self.request = request
@@ -121,10 +133,14 @@ class AgentRun:
         self.max_iterations = limits.max_iterations
         if request.max_iterations is not None:
             self.max_iterations = max(0, min(limits.max_iterations, request.max_iterations))
-        self.transcript = Transcript(request.messages)
+        self._pending = pending_turns
+        self.resumed = pending_turns.resume(request.messages) if pending_turns is not None else None
+        self.transcript = Transcript(self.resumed.messages if self.resumed else request.messages)
         self._answer = AnswerStream(request.stop_words)
         self._reasoning = AnswerStream()
         self._schemas = [spec.openai_schema() for spec in self.tools.values()]
+        # Call ids are unique across runs: a client answers its calls by id, possibly in a later request.
+        self._call_ids = f"call_{secrets.token_hex(6)}_"
 
     @property
     def calls(self) -> list[CallRecord]:
@@ -135,8 +151,14 @@ class AgentRun:
         deadline = start + self.limits.request_timeout_s
         reserve = min(self.limits.final_turn_reserve_s, self.limits.request_timeout_s / 4)
         soft_deadline = deadline - reserve
-        prompt = self.chat.render_prompt(self.request.messages, self._schemas,
-                                         enable_thinking=self.request.enable_thinking)
+        if self.resumed is not None:
+            # A continuation of a turn that ended in client calls: its ids as they were, as far as the history matches.
+            prompt = self.chat.continue_prompt(self.resumed.turn.prompt, self.resumed.turn.generated,
+                                               self.transcript.prompt_messages, self._schemas,
+                                               enable_thinking=self.request.enable_thinking)
+        else:
+            prompt = self.chat.render_prompt(self.request.messages, self._schemas,
+                                             enable_thinking=self.request.enable_thinking)
         budget = self.limits.max_context_tokens
         if len(prompt) + self.request.max_tokens > budget:
             raise ContextBudgetError(
@@ -155,6 +177,8 @@ class AgentRun:
                 return self._finish("stop", f"stop word {self._answer.stopped_by!r}")
             await self._emit(self._answer.end_turn())
             prepared = self._prepare_turn(turn, index)
+            if not self.request.parallel_tool_calls:
+                prepared = prepared[:1]  # a block may hold several call objects: the turn ends at the first
             if turn.ended == ENDED_LENGTH and turn.unterminated_call and prepared[-1].status is ToolStatus.MALFORMED:
                 self.transcript.add_answer(self._answer.text[answered_before:], turn.reasoning_text)
                 name = _called_name(turn.calls[-1])
@@ -176,10 +200,14 @@ class AgentRun:
                 [i for i in turn.ids if i not in self.chat.stop_ids])
             self.transcript.add_tool_calls(turn.answer_text, turn.reasoning_text,
                                            [(c.call_id, c.name, c.arguments) for c in prepared if c.readable], raw_text)
-            if final_reason:
-                results = [CallResult(c, ToolStatus.NOT_RUN, error=f"not run: {final_reason}") for c in prepared]
+            if final_reason or self.request.tool_choice.bans_calls:
+                reason = final_reason or "tool_choice is 'none'"
+                results = [CallResult(c, ToolStatus.NOT_RUN, error=f"not run: {reason}") for c in prepared]
                 self._record_results(index, RoundKind.REFUSED, results, self.limits.max_tool_result_chars, None)
-                return self._finish("incomplete", f"{final_reason}; the model still called tools on its last turn")
+                return self._finish("incomplete", f"{reason}; the model still called tools on its last turn")
+            client_calls = [c for c in prepared if c.status is ToolStatus.OK and isinstance(c.spec, ClientToolSpec)]
+            if client_calls:
+                return await self._hand_to_client(prompt, turn, index, prepared, client_calls, soft_deadline)
 
             kind, results, final_reason = await self._tool_round(prepared, soft_deadline)
             note = self._note() if final_reason else None
@@ -192,23 +220,55 @@ class AgentRun:
 
     # ------------------------------------------------------------------------------------------------------------
     async def _engine_turn(self, prompt: Prompt, index: int, *, last: bool, deadline: float) -> EngineTurn:
-        bad_words = self.chat.tool_call_words if last and self.engine.supports_bad_words else ()
+        choice = self.request.tool_choice
+        banned = last or choice.bans_calls
+        bad_words = self.chat.tool_call_words if banned and self.engine.supports_bad_words else ()
+        in_reasoning = self.chat.reasoning.starts_in_reasoning(self.request.enable_thinking)
+        # tool_choice required / a named function: the request's first turn is a call, its tag written by the agent
+        # and its object generated under the guide (tool_choice.py).
+        constrained = index == 0 and choice.constrains and not banned
+        forced = self.chat.call_prefix(in_reasoning) if constrained else ()
         request = EngineRequest(
-            request_id=f"{self.request.request_id}-{index}", prompt_ids=prompt.ids, max_tokens=self.request.max_tokens,
-            sampling=self.request.sampling, end_id=self.chat.end_id, pad_id=self.chat.pad_id,
-            bad_words=tuple(bad_words), stop_words=self.chat.stop_words)
+            request_id=f"{self.request.request_id}-{index}", prompt_ids=[*prompt.ids, *forced],
+            max_tokens=self.request.max_tokens, sampling=self.request.sampling, end_id=self.chat.end_id,
+            pad_id=self.chat.pad_id, bad_words=tuple(bad_words), stop_words=self.chat.stop_words,
+            guided=choice.guide(self.tools) if constrained else None)
         return await run_engine_turn(
             self.engine, self.chat, request, index, self._answer, self._emit, reasoning=self._reasoning,
-            emit_reasoning=self._emit_reasoning, tool_names=self.tools.keys(),
-            in_reasoning=self.chat.reasoning.starts_in_reasoning(self.request.enable_thinking), deadline=deadline,
-            idle_timeout_s=self.limits.engine_idle_timeout_s, clock=self._clock)
+            emit_reasoning=self._emit_reasoning, tool_names=() if choice.bans_calls else self.tools.keys(),
+            in_reasoning=in_reasoning, deadline=deadline, idle_timeout_s=self.limits.engine_idle_timeout_s,
+            clock=self._clock, forced=forced, stop_at_first_call=not self.request.parallel_tool_calls)
+
+    async def _hand_to_client(self, prompt: Prompt, turn: EngineTurn, index: int, prepared: Sequence[PreparedCall],
+                              client_calls: Sequence[PreparedCall], soft_deadline: float) -> RunResult:
+        """The turn called client tools: its other calls run (or get their errors) as in any round, then the run
+        ends with the client calls; the turn is kept for the client's continuation."""
+        others = [c for c in prepared if c not in client_calls]
+        assistant = self.transcript.messages[-1]  # the turn's message, added by the caller
+        results: list[CallResult] = []
+        if others:
+            kind, results, _ = await self._tool_round(others, soft_deadline)
+            self._record_results(index, kind, results, self.limits.max_tool_result_chars, None)
+        handed = [CallResult(c, ToolStatus.CLIENT) for c in client_calls]
+        self.transcript.add_round(index, RoundKind.CLIENT, [r.record(index) for r in handed])
+        pending = tuple(openai_call(c.call_id, c.name, c.arguments) for c in client_calls)
+        if self._pending is not None:
+            answered = {r.call.call_id for r in results if r.call.readable}
+            self._pending.save(PendingTurn(
+                assistant=assistant, client_ids=frozenset(c.call_id for c in client_calls),
+                server_results=tuple(m for m in self.transcript.messages
+                                     if m.get("role") == "tool" and m.get("tool_call_id") in answered),
+                prompt=prompt, generated=turn.ids))
+        names = ", ".join(c.name for c in client_calls)
+        return dataclasses.replace(self._finish("tool_calls", f"the model called client tools ({names})"),
+                                   tool_calls=pending)
 
     def _prepare_turn(self, turn: EngineTurn, index: int) -> list[PreparedCall]:
         """Every call of the turn (a block may hold several), with call ids in order."""
         calls = []
         for raw in turn.calls:
             for parsed in parse_tool_calls(raw):
-                calls.append(self._prepare(parsed, raw, f"call_{index}_{len(calls)}"))
+                calls.append(self._prepare(parsed, raw, f"{self._call_ids}{index}_{len(calls)}"))
         return calls
 
     def _prepare(self, call: "ToolCall | ToolCallFormatError", raw: str, call_id: str) -> PreparedCall:

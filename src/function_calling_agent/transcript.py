@@ -31,6 +31,7 @@ class RoundKind(str, enum.Enum):
     TOOLS = "tools"  # the turn's valid calls ran (an iteration)
     REPAIR = "repair"  # the turn held only invalid calls: errors went back to the model
     REFUSED = "refused"  # a limit left no room for the calls; they were answered with `not_run`
+    CLIENT = "client"  # the turn called client tools: the run ended with them (finish_reason tool_calls)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +135,7 @@ class RunResult:
     messages: tuple[dict, ...]
     turns: tuple[EngineTurn, ...]
     reasoning: str = ""  # all turns' reasoning, as streamed in reasoning_output
+    tool_calls: tuple[dict, ...] = ()  # the client tool calls to run (OpenAI form), with finish_reason tool_calls
 
     @property
     def empty_answer(self) -> bool:
@@ -147,6 +149,7 @@ class RunResult:
             "tool_calls": [dataclasses.asdict(c) for c in self.calls],
             "turns": [t.trace() for t in self.turns],
             "messages": list(self.messages),
+            **({"pending_tool_calls": list(self.tool_calls)} if self.tool_calls else {}),
         }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Iterable, Optional, Sequence
 
 from .chat_format import ChatFormat
 from .engine import EngineClient, EngineError, EngineRequest
@@ -17,8 +17,10 @@ from .tool_call_parser import AnswerStream
 from .tools.execution import wait_with_timeout
 from .turn_parser import REASONING, TurnParser
 
-# Why a turn ended: the end token (or the model starting a new turn), max_tokens, a client stop word, the deadline.
+# Why a turn ended: the end token (or the model starting a new turn), max_tokens, a client stop word, the deadline,
+# its first closed tool call (parallel_tool_calls false).
 ENDED_END, ENDED_LENGTH, ENDED_STOP_WORD, ENDED_DEADLINE = "end", "length", "stop_word", "deadline"
+ENDED_FIRST_CALL = "first_call"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +29,8 @@ class EngineTurn:
 
     index: int
     prompt_tokens: int
-    ids: tuple[int, ...]  # generated ids as generated (the end id included when the engine sent it)
+    ids: tuple[int, ...]  # the turn's ids as generated (the end id included when the engine sent it); a forced
+    # prefix the agent wrote into the prompt (tool_choice) comes first
     calls: tuple[str, ...]  # raw bodies of the turn's `<tool_call>` blocks
     answer_text: str  # the turn's answer text (text before its first call), stripped
     ended: str
@@ -56,12 +59,16 @@ async def run_engine_turn(
     deadline: float,
     idle_timeout_s: float,
     clock: Callable[[], float],
+    forced: Sequence[int] = (),
+    stop_at_first_call: bool = False,
 ) -> EngineTurn:
     """Runs one turn until the end token, max_tokens, a stop word or the deadline; stops the engine on an early exit.
 
     `tool_names`: the offered tools (a call object naming one that opens the turn is a call). `in_reasoning`: the
-    prompt ends inside an open think block. Raises `EngineError` when the engine fails or sends nothing for
-    `idle_timeout_s`.
+    prompt ends inside an open think block. `forced`: ids the agent put at the end of the prompt as the start of the
+    model's turn (`request.prompt_ids` ends with them); they are parsed as the turn's first ids.
+    `stop_at_first_call`: end the turn (and stop the engine) once its first tool call is closed. Raises
+    `EngineError` when the engine fails or sends nothing for `idle_timeout_s`.
     """
     decode = chat.incremental_decoder()
     parser = TurnParser(tool_names, think=chat.reasoning.has_think_tokens, in_reasoning=in_reasoning)
@@ -83,7 +90,36 @@ async def run_engine_turn(
                 answer_parts.append(text)
                 await emit(answer.push(text))
 
+    async def accept(token: int) -> Optional[str]:
+        """Adds one id of the turn; returns why the turn ends with it, if it does."""
+        nonlocal reasoning_tokens
+        if token in chat.stop_ids:
+            # Only the engine's own end token ends the turn on the engine's side too; another turn marker (the
+            # model starting a new turn) is not kept.
+            if token == chat.end_id:
+                ids.append(token)
+            return ENDED_END
+        ids.append(token)
+        if parser.in_reasoning:
+            reasoning_tokens += 1
+        if token in chat.dropped_ids:
+            return None
+        piece = decode(token)
+        if piece:
+            was_reasoning = parser.in_reasoning
+            await take(parser.feed(piece))
+            if parser.in_reasoning and not was_reasoning:
+                reasoning_tokens += 1  # the token that opened the block
+            if answer.stopped_by is not None:
+                return ENDED_STOP_WORD
+            if stop_at_first_call and parser.closed_calls:
+                return ENDED_FIRST_CALL
+        return None
+
+    generated = 0
     try:
+        for token in forced:
+            await accept(token)
         while ended is None:
             remaining = deadline - clock()
             if remaining <= 0:
@@ -102,27 +138,10 @@ async def run_engine_turn(
             if output.reused_prompt_tokens is not None:
                 reused = output.reused_prompt_tokens
             for token in output.token_ids:
-                if token in chat.stop_ids:
-                    # Only the engine's own end token ends the turn on the engine's side too; another turn marker
-                    # (the model starting a new turn) is not kept.
-                    if token == chat.end_id:
-                        ids.append(token)
-                    ended = ENDED_END
+                generated += 1
+                ended = await accept(token)
+                if ended is not None:
                     break
-                ids.append(token)
-                if parser.in_reasoning:
-                    reasoning_tokens += 1
-                if token in chat.dropped_ids:
-                    continue
-                piece = decode(token)
-                if piece:
-                    was_reasoning = parser.in_reasoning
-                    await take(parser.feed(piece))
-                    if parser.in_reasoning and not was_reasoning:
-                        reasoning_tokens += 1  # the token that opened the block
-                    if answer.stopped_by is not None:
-                        ended = ENDED_STOP_WORD
-                        break
     finally:
         if not finished and not (ids and ids[-1] == chat.end_id):
             # Left early (stop word, deadline, a turn marker or cancellation): make sure the engine stops too. After
@@ -130,7 +149,7 @@ async def run_engine_turn(
             await asyncio.shield(_stop(engine, request.request_id))
         await _close(stream)
     if ended is None:
-        ended = ENDED_LENGTH if len(ids) >= request.max_tokens else ENDED_END
+        ended = ENDED_LENGTH if generated >= request.max_tokens else ENDED_END
     await take(parser.finish())
     await emit_reasoning(reasoning.end_turn())
     return EngineTurn(index=index, prompt_tokens=len(request.prompt_ids), ids=tuple(ids), calls=tuple(parser.calls),

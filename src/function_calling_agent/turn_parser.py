@@ -84,6 +84,11 @@ class TurnParser:
     def in_reasoning(self) -> bool:
         return self._think is not None and self._think.in_reasoning
 
+    @property
+    def closed_calls(self) -> int:
+        """`<tool_call>` blocks closed so far outside reasoning (calls drafted in a think block do not count)."""
+        return len(self._answer.calls)
+
     def feed(self, text: str) -> list[tuple[str, str]]:
         parts = self._think.feed(text) if self._think is not None else [(ANSWER, text)]
         return self._route(parts)

@@ -117,7 +117,7 @@ def read_response(result, outcome: StreamOutcome, started: float, error=None) ->
     reasoning = _strings(result, "reasoning_output")
     if reason is not None:
         final = {"finish_reason": reason[0], "text_output": "".join(texts or [])}
-        for name in ("usage", "tool_trace"):
+        for name in ("usage", "tool_trace", "tool_calls"):
             values = _strings(result, name)
             if values is not None:
                 final[name] = json.loads(values[0])

@@ -18,6 +18,10 @@ from transformers import AutoTokenizer
 from function_calling_agent.adapter.bls_engine import BlsEngineClient
 from function_calling_agent.adapter.contract import (
     CLIENT_INPUTS,
+    ENGINE_UNAVAILABLE,
+    GUIDED_DECODING_INPUTS,
+    INTERNAL_ERROR,
+    REQUEST_CANCELLED,
     InvalidRequest,
     check_declared,
     decode_list_tools,
@@ -26,10 +30,13 @@ from function_calling_agent.adapter.contract import (
 from function_calling_agent.adapter.metrics import AgentMetrics
 from function_calling_agent.adapter.parameters import AgentConfig, ConfigError, parse_parameters
 from function_calling_agent.chat_format import ChatTemplateError, load_chat_format
+from function_calling_agent.continuation import PendingTurns
 from function_calling_agent.engine import EngineError
 from function_calling_agent.model_config import ModelConfigError, read_model_config, tensor_names
 from function_calling_agent.run import AgentRequest, AgentRun, ContextBudgetError
+from function_calling_agent.tool_choice import ToolChoiceError
 from function_calling_agent.tools import ToolNotOfferedError, load_tool_modules
+from function_calling_agent.tools.client import ToolOfferError
 from function_calling_agent.tools.execution import ToolExecutor
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -67,6 +74,8 @@ class TritonPythonModel:
                                       stop_timeout_s=self.config.engine_stop_timeout_seconds,
                                       read_threads=self.config.bls_threads, logger=self.logger)
         self.metrics = AgentMetrics(pb_utils, self.name)
+        # Turns that ended in client tool calls, for their continuations (function_calling_agent.continuation).
+        self.pending_turns = PendingTurns()
         self.mcp = self._start_mcp() if self.config.mcp_servers else None
         self._executor_set = False
         reasoning = self.chat.reasoning
@@ -113,7 +122,14 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"cannot read the engine's config at {path}; set the engine_inputs parameter to the engine's "
                 "optional input names instead")
-        return tensor_names(config, "input"), tensor_names(config, "output")
+        inputs = tensor_names(config, "input")
+        if ("guided_decoding_backend" in config.parameters
+                and not config.parameters["guided_decoding_backend"].string_value.strip()):
+            # TensorRT-LLM declares the guide inputs but honours them only with a guided_decoding_backend.
+            inputs = tuple(name for name in inputs if name not in GUIDED_DECODING_INPUTS)
+            self.logger.log_info("function_calling_agent: the engine has no guided_decoding_backend; tool_choice "
+                                 "required and named functions are refused")
+        return inputs, tensor_names(config, "output")
 
     async def execute(self, requests):
         if not self._executor_set:
@@ -178,12 +194,15 @@ class TritonPythonModel:
                 limits=self.config.limits, on_text=on_text, on_reasoning=on_reasoning,
                 request=AgentRequest(request_id=run_id, messages=client.messages, max_tokens=client.max_tokens,
                                      sampling=client.sampling, stop_words=client.stop_words,
-                                     max_iterations=client.max_iterations, enable_thinking=client.enable_thinking),
+                                     max_iterations=client.max_iterations, enable_thinking=client.enable_thinking,
+                                     client_tools=client.client_tools, tool_choice=client.tool_choice,
+                                     parallel_tool_calls=client.parallel_tool_calls),
+                pending_turns=self.pending_turns,
             )
             result = await self._run_until_cancelled(run, request)
             if result is None:
                 outcome, calls = "cancelled", run.calls
-                send_error("request cancelled by the client", pb_utils.TritonError.CANCELLED)
+                send_error(REQUEST_CANCELLED, pb_utils.TritonError.CANCELLED)
                 return
             outcome, iterations, calls = result.finish_reason, result.usage["iterations"], result.calls
             empty = result.empty_answer
@@ -192,6 +211,7 @@ class TritonPythonModel:
                 _strings("text_output", ["" if client.stream else result.text]),
                 _strings("finish_reason", [result.finish_reason]),
                 _strings("usage", [json.dumps(usage)]),
+                _strings("tool_calls", [json.dumps(list(result.tool_calls), ensure_ascii=False)]),
             ]
             if client.return_trace:
                 tensors.append(_strings("tool_trace", [json.dumps(result.trace(), ensure_ascii=False)]))
@@ -200,16 +220,16 @@ class TritonPythonModel:
             respond(tensors, flags=_FINAL)
             final_sent = True
             self._log_calls(run_id, request, result)
-        except (InvalidRequest, ContextBudgetError, ToolNotOfferedError) as exc:
+        except (InvalidRequest, ContextBudgetError, ToolNotOfferedError, ToolOfferError, ToolChoiceError) as exc:
             outcome = "invalid"
             send_error(str(exc), pb_utils.TritonError.INVALID_ARG)
         except EngineError as exc:
             self.logger.log_error(f"engine failure: {exc}")
-            send_error(f"the engine is unavailable: {exc}", pb_utils.TritonError.UNAVAILABLE)
+            send_error(f"{ENGINE_UNAVAILABLE}: {exc}", pb_utils.TritonError.UNAVAILABLE)
         except Exception as exc:  # a bug: the client still gets its one FINAL response
             self.logger.log_error(f"function_calling_agent internal error: {type(exc).__name__}: {exc}")
             if not final_sent:
-                send_error(f"internal error: {type(exc).__name__}", pb_utils.TritonError.INTERNAL)
+                send_error(f"{INTERNAL_ERROR}: {type(exc).__name__}", pb_utils.TritonError.INTERNAL)
         finally:
             if not final_sent:
                 try:

@@ -18,7 +18,13 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
-from function_calling_agent.scripted_engine.script import ScriptError, ScriptFile, TurnPlan, schedule_tokens
+from function_calling_agent.scripted_engine.script import (
+    ScriptError,
+    ScriptFile,
+    TurnPlan,
+    guide_violation,
+    schedule_tokens,
+)
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # How often a hanging or sleeping request looks for a stop or a client cancel.
@@ -40,6 +46,8 @@ RECORDED_INPUTS = (
     "stop_words_list",
     "bad_words_list",
     "return_perf_metrics",
+    "guided_decoding_guide_type",
+    "guided_decoding_guide",
 )
 END_REASONS = ("completed", "stopped", "cancelled", "failed", "length")
 
@@ -130,6 +138,8 @@ def read_request(request) -> EngineRequest:
         array = _optional(request, name)
         if array is not None:
             value = array[0].tolist()  # drop the batch dim; word lists stay [2, L]
+            if array.dtype == np.object_:
+                value = [v.decode("utf-8") if isinstance(v, bytes) else v for v in value]
             recorded[name] = value[0] if isinstance(value, list) and len(value) == 1 else value
     recorded["request_output_len"] = max_tokens
     return EngineRequest(
@@ -265,6 +275,8 @@ class TritonPythonModel:
             plan = self.script.get().plan(prompt)
             # The prompt's end shows the generation prompt the engine was given (e.g. an opened think block).
             entry.update(turn=plan.turn, scenario=plan.scenario, prompt_tail=prompt[-80:])
+            if plan.record_prompt_ids:
+                entry["input_ids"] = req.input_ids
             self.record({"event": "start", **entry})
             end, sent = await self.generate(request, req, plan, generation, responder)
         except ScriptError as e:
@@ -319,8 +331,18 @@ class TritonPythonModel:
 
         latency_ms = self.config.token_latency_ms if plan.token_latency_ms is None else plan.token_latency_ms
         end_id = self.tokenizer.eos_token_id if req.end_id is None else req.end_id
+        text = plan.text
+        guide_type = req.recorded.get("guided_decoding_guide_type")
+        if guide_type is not None:
+            # A guided turn says what the guide allows, or fails: a test sees the constraint reached the engine.
+            text = plan.guided_text if plan.guided_text is not None else plan.text
+            violation = guide_violation(guide_type, req.recorded.get("guided_decoding_guide", ""), text)
+            if violation is not None:
+                responder.error(f"scripted_engine: the scripted text breaks the guide: {violation}",
+                                pb_utils.TritonError.INVALID_ARG)
+                return "failed", 0
         ids, truncated = schedule_tokens(
-            self.tokenizer.encode(plan.text, add_special_tokens=False), end_id, plan.emit_end_id, req.max_tokens
+            self.tokenizer.encode(text, add_special_tokens=False), end_id, plan.emit_end_id, req.max_tokens
         )
         count = len(ids) if plan.fail_after_tokens is None else min(plan.fail_after_tokens, len(ids))
         sent: list[int] = []

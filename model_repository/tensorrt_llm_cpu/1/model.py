@@ -21,6 +21,21 @@ from function_calling_agent.cpu_engine import (
 from function_calling_agent.cpu_engine.serving import EngineServer
 
 
+def _guide_compiler(model_dir: str):
+    """Guided decoding (tool_choice required / a named function) on the checkpoint's own tokenizer."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from function_calling_agent.cpu_engine.guided import GuideCompiler
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as exc:  # a checkpoint without tokenizer files: guided requests are refused, nothing else
+        pb_utils.Logger.log_warn(f"tensorrt_llm_cpu: no tokenizer in {model_dir} ({exc}); guided decoding is off")
+        return None
+    text_config = AutoConfig.from_pretrained(model_dir).get_text_config()
+    return GuideCompiler(tokenizer, max(int(text_config.vocab_size), len(tokenizer)))
+
+
 class TritonPythonModel:
     def initialize(self, args):
         model_config = json.loads(args["model_config"])
@@ -43,6 +58,7 @@ class TritonPythonModel:
             torch.set_num_threads(config.torch_threads)
         self._engine = GenerationEngine.from_pretrained(
             model_dir,
+            guides=_guide_compiler(model_dir),
             dtype=config.dtype,
             max_seq_len=config.max_seq_len or None,
             prefix_cache_max_tokens=config.prefix_cache_max_tokens,

@@ -17,6 +17,8 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..engine import SamplingParams
+from ..tool_choice import NONE, ToolChoice, ToolChoiceError
+from ..tools.client import ClientToolSpec, ToolOfferError, client_tool_specs
 
 
 class InvalidRequest(ValueError):
@@ -33,6 +35,11 @@ SAMPLING_ENGINE_INPUTS = {
     "presence_penalty": ("presence_penalty",),
     "frequency_penalty": ("frequency_penalty",),
 }
+# The tensorrt_llm inputs that carry a guide (tool_choice required / a named function), and the one that bans words
+# (tool_choice none).
+GUIDED_DECODING_INPUTS = ("guided_decoding_guide_type", "guided_decoding_guide")
+BAD_WORDS_INPUT = "bad_words_list"
+
 
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
@@ -69,18 +76,42 @@ CLIENT_INPUTS: Mapping[str, TensorSpec] = {
                                    "send the model's reasoning as reasoning_output (deltas when streaming)"),
     "enable_thinking": TensorSpec("TYPE_BOOL", np.bool_,
                                   "the chat template's thinking switch (Qwen3 hybrid); absent: the model's default"),
+    "client_tools": TensorSpec("TYPE_STRING", np.object_,
+                               "JSON list of OpenAI function tools the client runs: offered next to the server's "
+                               "tools; a call to one ends the run with finish_reason tool_calls"),
+    "tool_choice": TensorSpec("TYPE_STRING", np.object_,
+                              'auto (default), none, required, or {"type": "function", "function": {"name": ...}}'),
+    "parallel_tool_calls": TensorSpec("TYPE_BOOL", np.bool_, "false: a turn ends at its first tool call"),
     "list_tools": TensorSpec("TYPE_BOOL", np.bool_,
                              "true: answer at once with tool_schemas (narrowed by tools); no prompt, no engine call"),
 }
 REQUIRED_INPUTS = ("max_tokens",)
 CLIENT_OUTPUTS: Mapping[str, str] = {
     "text_output": "final-answer text (the deltas when streaming; the last response then carries \"\")",
-    "finish_reason": "stop, length or incomplete (errors and cancellation arrive as Triton errors)",
+    "finish_reason": "stop, length, incomplete or tool_calls (errors and cancellation arrive as Triton errors)",
     "usage": "JSON: token counts, engine turns, tool calls, iterations, repair turns, reused prompt tokens, detail",
     "tool_trace": "JSON: every call and the conversation in OpenAI form, to continue it through messages",
     "reasoning_output": "the model's reasoning (<think> blocks) when return_reasoning is true: deltas when streaming",
+    "tool_calls": "JSON list of the client tool calls to run, in OpenAI form (finish_reason tool_calls); [] otherwise",
     "tool_schemas": "JSON: the OpenAI tool schemas the server offers (list_tools requests only)",
 }
+
+
+# How the agent's error messages start, by kind. Triton's gRPC stream and HTTP generate endpoint carry a model's
+# error message without its code, so clients (the OpenAI gateway) tell the kinds apart by these prefixes; every other
+# error message is the client's to fix (INVALID_ARG).
+ENGINE_UNAVAILABLE = "the engine is unavailable"
+REQUEST_CANCELLED = "request cancelled by the client"
+INTERNAL_ERROR = "internal error"
+
+
+def error_kind(message: str) -> str:
+    """`unavailable`, `cancelled`, `internal` or `invalid` for an error message of function_calling_agent."""
+    for prefix, kind in ((ENGINE_UNAVAILABLE, "unavailable"), (REQUEST_CANCELLED, "cancelled"),
+                         (INTERNAL_ERROR, "internal")):
+        if message.startswith(prefix):
+            return kind
+    return "invalid"
 
 
 def check_declared(model_config: Mapping[str, Any]) -> None:
@@ -119,6 +150,9 @@ class ClientRequest:
     return_trace: bool
     return_reasoning: bool = False
     enable_thinking: Optional[bool] = None
+    client_tools: tuple[ClientToolSpec, ...] = ()
+    tool_choice: ToolChoice = ToolChoice()
+    parallel_tool_calls: bool = True
 
 
 def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_limit: int,
@@ -167,6 +201,23 @@ def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_lim
 
     tools = _tool_names(arrays, max_input_chars)
 
+    client_tools: tuple[ClientToolSpec, ...] = ()
+    client_tools_json = _string(arrays, "client_tools", max_input_chars)
+    if client_tools_json is not None:
+        try:
+            client_tools = client_tool_specs(_load_json(client_tools_json, "client_tools"))
+        except ToolOfferError as exc:
+            raise InvalidRequest(str(exc)) from None
+    tool_choice = ToolChoice()
+    tool_choice_text = _string(arrays, "tool_choice", 4096)
+    if tool_choice_text is not None:
+        try:
+            tool_choice = ToolChoice.parse(tool_choice_text)
+        except ToolChoiceError as exc:
+            raise InvalidRequest(str(exc)) from None
+    _check_engine_honours(tool_choice, declared)
+    parallel_tool_calls = _scalar(arrays, "parallel_tool_calls")
+
     stream = _scalar(arrays, "stream")
     return_trace = _scalar(arrays, "return_trace")
     return_reasoning = _scalar(arrays, "return_reasoning")
@@ -177,7 +228,22 @@ def decode_request(inputs: Mapping[str, Optional[np.ndarray]], *, max_tokens_lim
         return_trace=bool(return_trace) if return_trace is not None else False,
         return_reasoning=bool(return_reasoning) if return_reasoning is not None else False,
         enable_thinking=None if enable_thinking is None else bool(enable_thinking),
+        client_tools=client_tools, tool_choice=tool_choice,
+        parallel_tool_calls=True if parallel_tool_calls is None else bool(parallel_tool_calls),
     )
+
+
+def _check_engine_honours(tool_choice: ToolChoice, declared: set) -> None:
+    """A tool_choice the engine model cannot honour is refused, never silently ignored."""
+    if tool_choice.mode == NONE and BAD_WORDS_INPUT not in declared:
+        raise InvalidRequest(f"tool_choice 'none' is not supported by the engine model: it bans the tool-call tag "
+                             f"through the {BAD_WORDS_INPUT} input, which the engine does not declare; use 'auto'")
+    missing = [name for name in GUIDED_DECODING_INPUTS if name not in declared]
+    if tool_choice.constrains and missing:
+        raise InvalidRequest(
+            f"tool_choice {tool_choice.describe()} is not supported by the engine model: it needs guided decoding "
+            f"(the {' and '.join(GUIDED_DECODING_INPUTS)} inputs with a guided_decoding_backend), which the engine "
+            f"does not offer; use tool_choice 'auto' or 'none'")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,9 @@ Inputs (TensorRT-LLM's `tensorrt_llm` model; with `max_batch_size > 0` every inp
   input_ids INT32 [1, L], input_lengths INT32 [1, 1], request_output_len INT32 [1, 1] (required);
   end_id, pad_id INT32 [1, 1]; streaming, exclude_input_in_output, return_perf_metrics BOOL [1, 1];
   sampling (temperature, runtime_top_k, runtime_top_p, random_seed|seed, penalties) [1, 1];
-  bad_words_list, stop_words_list INT32 [1, 2, W] (ids, then cumulative end offsets padded with -1).
+  bad_words_list, stop_words_list INT32 [1, 2, W] (ids, then cumulative end offsets padded with -1);
+  guided_decoding_guide_type, guided_decoding_guide STRING [1, 1] (TRT-LLM >= 0.19 with a guided_decoding_backend;
+  types json, json_schema, regex, ebnf_grammar).
 Only inputs the engine declares are sent (an engine's config.pbtxt says which optional inputs it takes).
 """
 
@@ -17,7 +19,7 @@ from typing import Callable, Iterable, Mapping, Optional
 import numpy as np
 
 from ..engine import EngineOutput, EngineRequest
-from .contract import SAMPLING_ENGINE_INPUTS
+from .contract import GUIDED_DECODING_INPUTS, SAMPLING_ENGINE_INPUTS
 
 REQUIRED_INPUTS = ("input_ids", "input_lengths", "request_output_len")
 # Outputs the agent reads, when the engine declares them: the ids, and how many prompt tokens it reused.
@@ -63,6 +65,11 @@ def engine_inputs(request: EngineRequest, declared: frozenset) -> dict[str, np.n
         arrays["bad_words_list"] = words_tensor(request.bad_words)
     if request.stop_words and "stop_words_list" in declared:
         arrays["stop_words_list"] = words_tensor(request.stop_words)
+    if request.guided is not None:
+        # The client contract refuses a constrained request for an engine without these inputs (contract.py).
+        type_name, guide_name = GUIDED_DECODING_INPUTS
+        arrays[type_name] = np.array([[request.guided.guide_type.encode("utf-8")]], dtype=np.object_)
+        arrays[guide_name] = np.array([[request.guided.guide.encode("utf-8")]], dtype=np.object_)
     return arrays
 
 

@@ -35,6 +35,8 @@ INPUT_NAMES = (
     "frequency_penalty",
     "return_perf_metrics",
     "stop",
+    "guided_decoding_guide_type",
+    "guided_decoding_guide",
 )
 
 
@@ -59,6 +61,22 @@ def _scalar(arrays: Mapping[str, np.ndarray], name: str):
     if array.size != 1:
         raise InvalidInput(f"{name} must hold one value per request (batch 1), got shape {list(array.shape)}")
     return array.reshape(-1)[0].item()
+
+
+def _text(arrays: Mapping[str, np.ndarray], name: str):
+    array = arrays.get(name)
+    if array is None:
+        return None
+    array = np.asarray(array)
+    if array.size != 1:
+        raise InvalidInput(f"{name} must hold one value per request (batch 1), got shape {list(array.shape)}")
+    value = array.reshape(-1)[0]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{name} is not UTF-8 text") from None
+    return value if value is None else str(value)
 
 
 def parse_request(arrays: Mapping[str, np.ndarray], default_exclude_input: bool = False) -> ContractRequest:
@@ -106,6 +124,10 @@ def parse_request(arrays: Mapping[str, np.ndarray], default_exclude_input: bool 
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
 
+    guide_type = _text(arrays, "guided_decoding_guide_type")
+    guide = _text(arrays, "guided_decoding_guide")
+    if guide_type is not None and guide is None and guide_type != "json":
+        raise InvalidInput(f"guided_decoding_guide_type {guide_type!r} needs a guided_decoding_guide")
     end_id = _scalar(arrays, "end_id")
     exclude = _scalar(arrays, "exclude_input_in_output")
     generation = GenerationRequest(
@@ -115,6 +137,7 @@ def parse_request(arrays: Mapping[str, np.ndarray], default_exclude_input: bool 
         end_id=None if end_id is None else int(end_id),
         stop_words=stop_words,
         bad_words=bad_words,
+        guide=None if guide_type is None else (guide_type, guide or ""),
     )
     return ContractRequest(
         generation=generation,

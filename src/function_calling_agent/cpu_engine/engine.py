@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .guided import GuideCompiler, TokenGuide
 from .prefix_cache import PrefixKVCache, supports_prefix_reuse
 from .sampling import SamplingParams, TokenSampler, WordList, ends_with_any
 
@@ -37,6 +38,7 @@ class GenerationRequest:
     end_id: int | None = None
     stop_words: WordList = ()
     bad_words: WordList = ()
+    guide: tuple[str, str] | None = None  # (guided_decoding_guide_type, guided_decoding_guide)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class _Sequence:
     max_new_tokens: int
     sampler: TokenSampler
     tokens: list[int]  # prompt + generated
+    guide: TokenGuide | None = None
     kv_tokens: list[int] = field(default_factory=list)  # tokens whose KV is in `cache`
     cache: object = None
     started: bool = False
@@ -123,7 +126,9 @@ class GenerationEngine:
         prefix_cache_max_tokens: int = 0,
         prefill_chunk_tokens: int = 512,
         torch_threads: int = 0,
+        guides: GuideCompiler | None = None,
     ) -> None:
+        """`guides` compiles requests' guided-decoding guides; without it a guided request is refused."""
         if prefill_chunk_tokens <= 0:
             raise ValueError(f"prefill_chunk_tokens must be > 0, got {prefill_chunk_tokens}")
         self._model = model.eval()
@@ -134,6 +139,7 @@ class GenerationEngine:
             int(output_embeddings.weight.shape[0]) if output_embeddings is not None else text_config.vocab_size
         )
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.guides = guides
         self.prefix_cache = PrefixKVCache(prefix_cache_max_tokens)
         self.prefix_reuse_supported = supports_prefix_reuse(self._new_cache())
         self._torch_threads = torch_threads
@@ -174,6 +180,11 @@ class GenerationEngine:
         bad = [t for t in request.input_ids if not 0 <= t < self.vocab_size]
         if bad:
             raise ValueError(f"input_ids hold ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+        guide = None
+        if request.guide is not None:
+            if self.guides is None:
+                raise ValueError("guided decoding needs the model's tokenizer, which this engine has not loaded")
+            guide = self.guides.compile(*request.guide, end_id=request.end_id)  # GuideError is a ValueError
         handle = GenerationHandle()
         sampler = TokenSampler(request.sampling, self.vocab_size, request.bad_words)
         sequence = _Sequence(
@@ -184,6 +195,7 @@ class GenerationEngine:
             max_new_tokens=min(request.max_new_tokens, self.max_seq_len - prompt_length),
             sampler=sampler,
             tokens=list(request.input_ids),
+            guide=guide,
         )
         with self._cond:
             if self._closed:
@@ -264,6 +276,8 @@ class GenerationEngine:
                     return False
             else:
                 logits = self._forward(seq, seq.tokens[-1:])
+            if seq.guide is not None:
+                seq.guide.mask(logits)
             return self._accept(seq, seq.sampler.select(logits, seq.tokens))
         except Exception as exc:  # one bad request must not take the generation thread down
             self._emit(seq, GenerationUpdate(error=exc))
@@ -297,6 +311,8 @@ class GenerationEngine:
         if request.end_id is not None and token == request.end_id:
             self._finish(seq, FinishReason.END_ID)
             return True
+        if seq.guide is not None:
+            seq.guide.accept(token)
         seq.tokens.append(token)
         seq.generated += 1
         seq.sampler.observe((token,))

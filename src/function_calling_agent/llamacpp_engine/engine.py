@@ -34,6 +34,7 @@ from ..cpu_engine.engine import (
     GenerationUpdate,
     UpdateCallback,
 )
+from ..cpu_engine.guided import GuideCompiler, TokenGuide
 from ..cpu_engine.sampling import TokenSampler, ends_with_any
 from .binding import LlamaModel
 
@@ -57,6 +58,7 @@ class _Sequence:
     max_new_tokens: int
     sampler: TokenSampler
     tokens: list[int]  # prompt + generated
+    guide: TokenGuide | None = None  # guided decoding (cpu_engine.guided), the torch engine's
     slot: _Slot | None = None
     reused: int = 0
     prefilled: int = 0
@@ -91,6 +93,7 @@ class LlamaCppEngine:
         max_seq_len: int = 0,
         prefill_chunk_tokens: int = 512,
         prefix_reuse: bool = True,
+        guides: GuideCompiler | None = None,
     ) -> None:
         if prefill_chunk_tokens <= 0:
             raise ValueError(f"prefill_chunk_tokens must be > 0, got {prefill_chunk_tokens}")
@@ -103,6 +106,7 @@ class LlamaCppEngine:
         self.vocab_size = model.n_vocab
         self.prefill_chunk_tokens = min(prefill_chunk_tokens, model.n_batch)
         self.prefix_reuse_supported = prefix_reuse
+        self.guides = guides
         self._slots = [_Slot(seq_id) for seq_id in range(model.n_seq_max)]
         self._clock = itertools.count(1)
         self._cond = threading.Condition()
@@ -128,6 +132,11 @@ class LlamaCppEngine:
         bad = [t for t in request.input_ids if not 0 <= t < self.vocab_size]
         if bad:
             raise ValueError(f"input_ids hold ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+        guide = None
+        if request.guide is not None:
+            if self.guides is None:
+                raise ValueError("guided decoding needs the model's tokenizer, which this engine has not loaded")
+            guide = self.guides.compile(*request.guide, end_id=request.end_id)  # GuideError is a ValueError
         handle = GenerationHandle()
         sequence = _Sequence(
             request=request,
@@ -137,6 +146,7 @@ class LlamaCppEngine:
             max_new_tokens=min(request.max_new_tokens, self.max_seq_len - prompt_length),
             sampler=TokenSampler(request.sampling, self.vocab_size, request.bad_words),
             tokens=list(request.input_ids),
+            guide=guide,
         )
         with self._cond:
             if self._closed:
@@ -317,7 +327,10 @@ class LlamaCppEngine:
             if row < 0:
                 continue
             try:
-                token = seq.sampler.select(torch.from_numpy(self._model.logits(row)), seq.tokens)
+                logits = torch.from_numpy(self._model.logits(row))
+                if seq.guide is not None:
+                    seq.guide.mask(logits)
+                token = seq.sampler.select(logits, seq.tokens)
                 if self._accept(seq, token):
                     active.remove(seq)
             except Exception as exc:  # one bad request must not take the generation thread down
@@ -340,6 +353,8 @@ class LlamaCppEngine:
         if request.end_id is not None and token == request.end_id:
             self._finish(seq, FinishReason.END_ID)
             return True
+        if seq.guide is not None:
+            seq.guide.accept(token)
         seq.tokens.append(token)
         seq.generated += 1
         seq.sampler.observe((token,))

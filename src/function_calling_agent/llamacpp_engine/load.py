@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ..cpu_engine.guided import GuideCompiler
 from .binding import ContextSettings, LlamaModel, LogSink
 from .config import LlamaCppConfig
 from .engine import LlamaCppEngine
@@ -43,7 +44,8 @@ def open_engine(config: LlamaCppConfig, base_dir: str = ".", log: LogSink | None
         check_vocabulary(model, tokenizer, gguf_name=gguf_path, tokenizer_name=f"the tokenizer in {tokenizer_dir}")
         return LlamaCppEngine(model, max_seq_len=config.max_seq_len,
                               prefill_chunk_tokens=config.prefill_chunk_tokens,
-                              prefix_reuse=config.enable_kv_cache_reuse)
+                              prefix_reuse=config.enable_kv_cache_reuse,
+                              guides=GuideCompiler(tokenizer, max(model.n_vocab, len(tokenizer))))
     except BaseException:
         model.close()
         raise

@@ -17,6 +17,11 @@ Script format (JSON):
 - `fail_at_turn` alone fails that turn before any token; `fail_after_tokens` alone fails every turn after that many
   tokens; both together fail turn `fail_at_turn` after `fail_after_tokens` tokens.
 - `hang_at_turn` sends nothing on that turn until the request is stopped or cancelled.
+- `guided`: what the scenario says on a turn whose request carries a guide (`guided_decoding_guide_type` and
+  `guided_decoding_guide`, as TensorRT-LLM takes them); the engine checks it against the guide and fails the request
+  when it does not conform, so tests see that a constraint reached the engine and was honoured. Without `guided`, a
+  guided turn says its normal text, checked the same way.
+- `record_prompt_ids`: the request log's start entries of this scenario carry the prompt's token ids.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class Scenario:
     fail_at_turn: Optional[int] = None
     fail_after_tokens: Optional[int] = None
     hang_at_turn: Optional[int] = None
+    guided: Optional[str] = None
+    record_prompt_ids: bool = False
 
     def turn_text(self, turn: int) -> str:
         return self.turns[min(turn, len(self.turns) - 1)]
@@ -73,6 +80,8 @@ class TurnPlan:
     token_latency_ms: Optional[float]  # None: the model's configured latency
     fail_after_tokens: Optional[int]  # None: no failure
     hang: bool
+    guided_text: Optional[str] = None  # what to say instead when the request carries a guide
+    record_prompt_ids: bool = False
 
 
 _SCENARIO_FIELDS = {f.name for f in dataclasses.fields(Scenario)}
@@ -97,6 +106,8 @@ def _scenario(raw: Any, index: int) -> Scenario:
             raise ScriptError(f"{where}.{key}: required string")
     if "emit_end_id" in raw and not isinstance(raw["emit_end_id"], bool):
         raise ScriptError(f"{where}.emit_end_id: must be true or false")
+    if raw.get("guided") is not None and not isinstance(raw["guided"], str):
+        raise ScriptError(f"{where}.guided: must be a string")
     latency = raw.get("token_latency_ms")
     if latency is not None and (isinstance(latency, bool) or not isinstance(latency, (int, float)) or latency < 0):
         raise ScriptError(f"{where}.token_latency_ms: must be a number >= 0")
@@ -113,6 +124,8 @@ def _scenario(raw: Any, index: int) -> Scenario:
         fail_at_turn=raw.get("fail_at_turn"),
         fail_after_tokens=raw.get("fail_after_tokens"),
         hang_at_turn=raw.get("hang_at_turn"),
+        guided=raw.get("guided"),
+        record_prompt_ids=bool(raw.get("record_prompt_ids", False)),
     )
 
 
@@ -189,6 +202,8 @@ class CompletionScript:
             token_latency_ms=scenario.token_latency_ms,
             fail_after_tokens=scenario.fails_after(turn),
             hang=scenario.hang_at_turn == turn,
+            guided_text=scenario.guided,
+            record_prompt_ids=scenario.record_prompt_ids,
         )
 
 
@@ -222,3 +237,26 @@ class ScriptFile:
             self._script = CompletionScript.load(self.path)
             self._stamp = stamp
         return self._script
+
+
+def guide_violation(guide_type: str, guide: str, text: str) -> Optional[str]:
+    """Why `text` does not conform to a TensorRT-LLM guide (json, json_schema, regex; ebnf_grammar is not checked
+    here), or None when it does."""
+    import re
+
+    if guide_type == "regex":
+        return None if re.fullmatch(guide, text) else f"{text[:80]!r} does not match the regex {guide[:80]!r}"
+    if guide_type not in ("json", "json_schema"):
+        return f"guide type {guide_type!r} is not supported by the scripted engine"
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return f"{text[:80]!r} is not JSON ({exc})"
+    if guide_type == "json_schema":
+        import jsonschema
+
+        try:
+            jsonschema.validate(value, json.loads(guide))
+        except (ValueError, jsonschema.ValidationError, jsonschema.SchemaError) as exc:
+            return f"{text[:80]!r} does not conform to the schema: {getattr(exc, 'message', exc)}"
+    return None

@@ -128,3 +128,4 @@ class ToolStatus(str, enum.Enum):
     UNKNOWN_TOOL = "unknown_tool"
     MALFORMED = "malformed"
     NOT_RUN = "not_run"
+    CLIENT = "client"  # a client tool's call, handed to the client to run
