@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send this prompt as the demo instead of the finance demo (the default demo with a "
                              "model; no demo with --engine scripted unless given)")
     parser.add_argument("--no-demo", action="store_true", help="send no demo request once ready")
+    parser.add_argument("--openai-port", type=int, default=9000, metavar="PORT",
+                        help="port of the OpenAI-compatible endpoint (/v1/chat/completions); 0 disables it "
+                             "(default 9000; FCA_OPENAI_API_KEY sets its API key)")
     parser.add_argument("--state-dir", default=os.environ.get("FCA_SERVE_DIR", str(DEFAULT_STATE_DIR)),
                         metavar="DIR",
                         help="downloads, built models, the model repository and tritonserver.log "
@@ -483,7 +486,8 @@ def serve(args) -> int:
     started = time.monotonic()
     state_dir = Path(args.state_dir).expanduser().resolve()
     check_ports(args.host, {"--http-port": args.http_port, "--grpc-port": args.grpc_port,
-                            "--metrics-port": args.metrics_port})
+                            "--metrics-port": args.metrics_port,
+                            **({"--openai-port": args.openai_port} if args.openai_port else {})})
     tool_path = tool_path_dirs(args.tool_path)
     state_dir.mkdir(parents=True, exist_ok=True)
     repository, checkpoint = build_repository(args, state_dir, tool_path)
@@ -497,10 +501,23 @@ def serve(args) -> int:
     except BaseException:
         signal.signal(signal.SIGTERM, previous)
         raise
+    gateway = None
     try:
         urls = server.urls
         log(f"ready in {time.monotonic() - started:.1f} s: HTTP {urls['http']}  gRPC {urls['grpc']}  "
             f"metrics {urls['metrics']}")
+        if args.openai_port:
+            from function_calling_agent.gateway import usage_examples
+            from function_calling_agent.gateway.process import GatewayProcess
+
+            try:
+                gateway = GatewayProcess(triton_url=urls["grpc"], port=args.openai_port, host=args.host,
+                                         log_path=str(state_dir / "gateway.log")).start()
+            except RuntimeError as exc:
+                raise ServeError(f"the OpenAI-compatible endpoint did not start: {one_line(exc)} (pass "
+                                 "--openai-port with a free port, or 0 to run without it)") from None
+            log(f"OpenAI-compatible endpoint {gateway.base_url} (log {state_dir / 'gateway.log'}); try:\n"
+                + usage_examples(gateway.base_url))
         if not args.no_demo and (args.engine != "scripted" or args.demo_prompt):
             try:
                 run_demo(urls["http"], args, checkpoint)
@@ -516,6 +533,8 @@ def serve(args) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if gateway is not None:
+            gateway.stop()
         log("stopping tritonserver")
         server.stop()
         signal.signal(signal.SIGTERM, previous)

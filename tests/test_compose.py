@@ -70,7 +70,7 @@ def test_the_validator_rejects_an_invalid_file(tmp_path):
 def test_gpu_profile_builds_the_engine_then_serves_it_on_a_gpu(tmp_path):
     config = normalized_config(tmp_path, "gpu")
     services = config["services"]
-    assert set(services) == {"engine-build", "triton"}
+    assert set(services) == {"engine-build", "triton", "openai-gateway"}
     build, triton = services["engine-build"], services["triton"]
 
     assert triton["depends_on"]["engine-build"]["condition"] == "service_completed_successfully"
@@ -179,6 +179,19 @@ def test_both_profiles_mount_the_mcp_folder_and_pass_the_servers_file(tmp_path):
         assert '[[ -n "${MCP_SERVERS_FILE:-}" ]] && configure_args+=(--set "mcp_servers=$MCP_SERVERS_FILE")' in text
 
 
+def test_both_profiles_run_the_openai_gateway_in_front_of_the_agent(tmp_path):
+    for profile, service, triton in (("gpu", "openai-gateway", "triton"), ("cpu", "openai-gateway-cpu", "triton-cpu")):
+        config = normalized_config(tmp_path, profile, FCA_OPENAI_API_KEY="secret", OPENAI_PORT="9100")
+        gateway = config["services"][service]
+        command = gateway["command"]
+        assert command[1:3] == ["-m", "function_calling_agent.gateway"]
+        assert command[command.index("--triton-url") + 1] == f"{triton}:8001"
+        assert gateway["depends_on"][triton]["condition"] == "service_healthy"
+        assert gateway["environment"]["FCA_OPENAI_API_KEY"] == "secret"
+        assert published_ports(gateway) == {9000: "9100"}
+        assert gateway["image"] == config["services"][triton]["image"]  # the image that installs the package
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("engine", ["llamacpp", "torch"])
 def test_the_cpu_service_command_serves_the_mounted_tools(tmp_path, tiny_llama_dir, engine):
@@ -229,7 +242,7 @@ def test_the_cpu_service_command_serves_the_mounted_tools(tmp_path, tiny_llama_d
 
 def test_cpu_profile_runs_the_same_agent_without_a_gpu(tmp_path):
     config = normalized_config(tmp_path, "cpu")
-    assert set(config["services"]) == {"triton-cpu"}
+    assert set(config["services"]) == {"triton-cpu", "openai-gateway-cpu"}
     service = config["services"]["triton-cpu"]
     assert service["build"]["dockerfile"] == "deploy/Dockerfile.cpu"
     assert service["command"] == ["deploy/start_triton_cpu.sh"]

@@ -9,6 +9,7 @@ run for both engines; the agent end to end on this engine is tests/test_cpu_prof
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import shutil
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from deploy.triton_launcher import free_port
 from function_calling_agent.cpu_engine import (
     ConfigError,
     FinishReason,
@@ -480,7 +482,7 @@ def test_resolve_gguf_from_a_file_a_checkpoint_and_the_hub(tiny_llama_dir, tiny_
     finally:
         model.close()
 
-    with pytest.raises(GgufUnavailable, match="cannot reach the Hugging Face hub to fetch Qwen/Qwen2.5-1.5B-Instruct"):
+    with pytest.raises(GgufUnavailable, match="Qwen/Qwen2.5-1.5B-Instruct is not cached and downloads are off"):
         resolve_gguf("Qwen/Qwen2.5-1.5B-Instruct", cache_dir=tmp_path / "cache", allow_download=False)
 
     # The CLI scripts call (JSON on stdout, the reason on stderr and exit status 2 when there is no GGUF).
@@ -494,6 +496,13 @@ def test_resolve_gguf_from_a_file_a_checkpoint_and_the_hub(tiny_llama_dir, tiny_
     offline = subprocess.run(command + ["--offline", "Qwen/Qwen2.5-0.5B-Instruct"], capture_output=True, text=True,
                              timeout=120)
     assert offline.returncode == 2 and "local .gguf file with its tokenizer directory" in offline.stderr
+    # A hub that cannot be reached (a refused port here): one line saying so and what to pass, no traceback.
+    unreachable = subprocess.run(command + ["Qwen/Qwen2.5-0.5B-Instruct"], capture_output=True, text=True, timeout=120,
+                                 env={**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    assert unreachable.returncode == 2, unreachable.stderr
+    lines = unreachable.stderr.strip().splitlines()
+    assert lines[-1].startswith("resolve: fetching Qwen/Qwen2.5-0.5B-Instruct from the Hugging Face hub failed (")
+    assert "Traceback" not in unreachable.stderr
 
 
 # ---- config -------------------------------------------------------------------------------------------------------

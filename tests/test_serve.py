@@ -37,7 +37,8 @@ def script(tmp_path) -> Path:
 
 
 def ports() -> list[str]:
-    return ["--http-port", str(free_port()), "--grpc-port", str(free_port()), "--metrics-port", str(free_port())]
+    return ["--http-port", str(free_port()), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+            "--openai-port", str(free_port())]
 
 
 def run_serve(tmp_path, *args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -83,7 +84,7 @@ def test_every_flag_has_help():
         assert action.help and action.help != argparse.SUPPRESS, action.option_strings
 
 
-@pytest.mark.parametrize("flag", ["--http-port", "--grpc-port", "--metrics-port"])
+@pytest.mark.parametrize("flag", ["--http-port", "--grpc-port", "--metrics-port", "--openai-port"])
 def test_a_port_in_use_is_one_line_naming_the_flag(tmp_path, script, flag):
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -243,3 +244,26 @@ def test_offline_without_the_finance_tools_says_how_to_try_other_tools(tmp_path,
                                 env={"HF_ENDPOINT": f"http://127.0.0.1:{dead_port}"}, timeout=120))
     assert "no checkpoint can be had" in line and "the offline demo model needs the finance tools" in line, line
     assert "--engine scripted --script FILE (docs/tools.md)" in line, line
+
+
+@pytest.mark.integration
+def test_serve_starts_the_openai_endpoint_and_prints_how_to_use_it(tmp_path, script):
+    from openai import OpenAI
+
+    from tests.support.serve_process import ServeRun
+
+    run = ServeRun.module(tmp_path, ["--engine", "scripted", "--script", str(script), "--no-demo"], {})
+    try:
+        run.wait_for_line("serve: serving until Ctrl-C", 240)
+        base_url = f"http://127.0.0.1:{run.ports['openai']}/v1"
+        assert f"serve: OpenAI-compatible endpoint {base_url}" in run.text
+        assert f"curl -N {base_url}/chat/completions" in run.text and f"OpenAI(base_url='{base_url}'" in run.text
+        client = OpenAI(base_url=base_url, api_key="none")
+        reply = client.chat.completions.create(model="function_calling_agent",
+                                               messages=[{"role": "user", "content": "hello"}])
+        assert reply.choices[0].finish_reason == "stop" and reply.choices[0].message.content
+        assert run.stop() == 0, run.text
+        with pytest.raises(OSError):  # the gateway stopped with serve
+            socket.create_connection(("127.0.0.1", run.ports["openai"]), timeout=2).close()
+    finally:
+        run.kill()

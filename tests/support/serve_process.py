@@ -58,7 +58,7 @@ class ServeRun:
 
     def _start(self) -> None:
         # Free now, but another process may take one before serve binds it: wait_for_line retries on new ports.
-        self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+        self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port(), "openai": free_port()}
         self.attempts += 1
         command = [*self._command,
                    *(item for name, port in self.ports.items() for item in (f"--{name}-port", str(port)))]
