@@ -32,6 +32,31 @@ if [[ -n "${TOOL_PATH:-}" ]]; then
     tool_args+=(--set "tool_path=$TOOL_PATH")
 fi
 
+# Guided decoding (XGrammar) lets tool_choice "required" / a named function constrain a turn (README "OpenAI-compatible
+# endpoint"). TensorRT-LLM's engine needs the tokenizer's XGrammar info for it; made here as TensorRT-LLM's
+# examples/generate_xgrammar_tokenizer_info.py makes it. Best effort: without it those tool_choice settings get a 400
+# that says so, and everything else serves. GUIDED_DECODING=off skips it.
+guided_args=()
+if [[ "${GUIDED_DECODING:-on}" != off ]]; then
+    info="${XGRAMMAR_INFO_DIR:-/tmp/xgrammar}/xgrammar_tokenizer_info.json"
+    mkdir -p "$(dirname "$info")"
+    if python3 - "$CHECKPOINT_DIR" "$info" <<'PY'
+import json
+import sys
+
+from transformers import AutoTokenizer
+from tensorrt_llm.llmapi.tokenizer import _xgrammar_tokenizer_info
+
+with open(sys.argv[2], "w", encoding="utf-8") as f:
+    json.dump(_xgrammar_tokenizer_info(AutoTokenizer.from_pretrained(sys.argv[1])), f)
+PY
+    then
+        guided_args=(--set guided_decoding_backend=xgrammar --set "xgrammar_tokenizer_info_path=$info")
+    else
+        echo "start_triton_gpu: warning: could not make the XGrammar tokenizer info; serving without guided decoding (tool_choice required/named will be refused)" >&2
+    fi
+fi
+
 stock="$("$here/fetch_stock_models.sh" "${TRTLLM_SOURCES_DIR:-/trtllm-sources}" | tail -n 1)"
 configure_args=(
     --profile gpu
@@ -45,7 +70,7 @@ python3 -m deploy.configure_repository "${configure_args[@]}" \
     --set "engine_dir=$ENGINE_DIR" \
     --set "triton_max_batch_size=${MAX_BATCH_SIZE:-64}" \
     --set "max_context_tokens=${MAX_SEQ_LEN:-8192}" \
-    "${tool_args[@]}"
+    "${tool_args[@]}" "${guided_args[@]}"
 
 endpoints=(--http-port "${HTTP_PORT:-8000}" --grpc-port "${GRPC_PORT:-8001}" --metrics-port "${METRICS_PORT:-8002}")
 if [[ "$tp_size" == 1 ]]; then

@@ -279,3 +279,20 @@ def test_cpu_dockerfile_installs_the_requirements():
     text = (ROOT / "deploy" / "Dockerfile.cpu").read_text()
     assert re.findall(r"^FROM (\S+)", text, re.MULTILINE) == ["python:3.11-slim"]
     assert "-r requirements.txt" in text
+
+
+def test_the_gpu_start_script_enables_guided_decoding_or_says_why_not(tmp_path):
+    # No TensorRT-LLM here: run the script's XGrammar step with a python3 whose tensorrt_llm import fails, and check
+    # it warns and goes on (static parts: the configure call receives the guided-decoding values when the step works).
+    text = (ROOT / "deploy" / "start_triton_gpu.sh").read_text()
+    assert "from tensorrt_llm.llmapi.tokenizer import _xgrammar_tokenizer_info" in text
+    assert 'guided_args=(--set guided_decoding_backend=xgrammar --set "xgrammar_tokenizer_info_path=$info")' in text
+    assert '"${tool_args[@]}" "${guided_args[@]}"' in text
+    step = text[text.index("guided_args=()"):text.index('stock="$(')]
+    script = tmp_path / "step.sh"
+    script.write_text("set -euo pipefail\nCHECKPOINT_DIR=/nowhere\nXGRAMMAR_INFO_DIR=" + str(tmp_path) + "\n" + step
+                      + 'echo "guided: ${guided_args[*]:-none}"\n')
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "guided: none" in done.stdout
+    assert "serving without guided decoding" in done.stderr
