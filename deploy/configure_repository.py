@@ -73,6 +73,9 @@ _AGENT_DEFAULTS = {
     "agent_instance_count": "1",
     "tool_modules": DEFAULT_TOOL_MODULES,
     "mcp_servers": "",
+    "engine_transport": "grpc",
+    # This server's own gRPC endpoint, wherever the launcher or tritonserver's --grpc-port put it.
+    "engine_url": "self",
 }
 
 CPU_DEFAULTS: Mapping[str, str] = {

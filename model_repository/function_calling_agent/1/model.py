@@ -1,7 +1,8 @@
 """Triton adapter of function_calling_agent: tensors in, the agent loop, streamed final-answer text out.
 
 The loop itself lives in the `function_calling_agent` package (no Triton imports); this file only converts at the
-boundary, calls the engine over BLS, and guarantees exactly one FINAL response per request on every path.
+boundary, picks the engine transport (gRPC to this server's own endpoint by default, or BLS), coalesces streamed
+deltas, and guarantees exactly one FINAL response per request on every path.
 """
 
 import asyncio
@@ -16,6 +17,15 @@ import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
 from function_calling_agent.adapter.bls_engine import BlsEngineClient
+from function_calling_agent.adapter.coalescing import DeltaCoalescer
+from function_calling_agent.adapter.engine_tensors import tokens_per_block_of
+from function_calling_agent.adapter.grpc_engine import (
+    EngineUrlError,
+    GrpcEngineClient,
+    check_reachable,
+    resolve_engine_url,
+    server_command_line,
+)
 from function_calling_agent.adapter.contract import CLIENT_INPUTS, InvalidRequest, check_declared, decode_request
 from function_calling_agent.adapter.metrics import AgentMetrics
 from function_calling_agent.adapter.parameters import AgentConfig, ConfigError, parse_parameters
@@ -56,16 +66,15 @@ class TritonPythonModel:
         self.tools = load_tool_modules(self.config.tool_modules, self.config.tool_path)
         self.executor = ToolExecutor(self.config.tool_workers, self.config.max_abandoned_tool_threads)
 
-        inputs, outputs = self._engine_tensors(args)
-        self.engine = BlsEngineClient(pb_utils, self.config.tensorrt_llm_model_name, inputs, outputs,
-                                      stop_timeout_s=self.config.engine_stop_timeout_seconds,
-                                      read_threads=self.config.bls_threads, logger=self.logger)
+        inputs, outputs, engine_config = self._engine_tensors(args)
+        self.engine = self._engine_client(inputs, outputs, self._tokens_per_block(outputs, engine_config))
         self.metrics = AgentMetrics(pb_utils, self.name)
         self.mcp = self._start_mcp() if self.config.mcp_servers else None
         self._executor_set = False
         reasoning = self.chat.reasoning
         self.logger.log_info(
             f"function_calling_agent ready: engine={self.config.tensorrt_llm_model_name} "
+            f"transport={self._transport_info} stream_interval={self.config.stream_interval} "
             f"tools={list(self._offered_tools().names())} template={self.chat.template_info} "
             f"reasoning=(think_tokens={reasoning.has_think_tokens} opens_in_prompt={reasoning.starts_in_reasoning(None)} "
             f"enable_thinking_switch={reasoning.switch}) end_ids={sorted(self.chat.stop_ids)} "
@@ -90,8 +99,57 @@ class TritonPythonModel:
         """Module tools, plus the MCP tools of the servers that are up (an optional server's appear once it is)."""
         return self.mcp.registry() if self.mcp is not None else self.tools
 
+    def _engine_client(self, inputs, outputs, tokens_per_block):
+        name = self.config.tensorrt_llm_model_name
+        if self.config.engine_transport == "bls":
+            self._transport_info = "bls"
+            return BlsEngineClient(pb_utils, name, inputs, outputs, stop_timeout_s=self.config.engine_stop_timeout_seconds,
+                                   read_threads=self.config.bls_threads, logger=self.logger,
+                                   tokens_per_block=tokens_per_block)
+        # This server's gRPC endpoint opens only after every model has loaded: its command line says whether it will
+        # (and where); another server's endpoint is dialled now.
+        try:
+            try:
+                argv = server_command_line()
+            except EngineUrlError:
+                if self.config.engine_url == "self":
+                    raise
+                argv = None
+            url, own = resolve_engine_url(self.config.engine_url, argv)
+            if not own:
+                check_reachable(url, name)
+        except EngineUrlError as exc:
+            raise pb_utils.TritonModelException(f"function_calling_agent engine_transport grpc: {exc}") from None
+        self._transport_info = f"grpc {url}{' (this server)' if own else ''}"
+        return GrpcEngineClient(url, name, inputs, outputs, stop_timeout_s=self.config.engine_stop_timeout_seconds,
+                                tokens_per_block=tokens_per_block, logger=self.logger)
+
+    def _tokens_per_block(self, outputs, engine_config):
+        """Tokens per KV-cache block, needed only when the engine reports reuse in TensorRT-LLM's blocks."""
+        if "kv_cache_reused_blocks" not in outputs or "prefix_reused_tokens" in outputs:
+            return None
+        if self.config.kv_cache_tokens_per_block:
+            return self.config.kv_cache_tokens_per_block
+        engine_dir = ""
+        if engine_config is not None and "gpt_model_path" in engine_config.parameters:
+            engine_dir = engine_config.parameters["gpt_model_path"].string_value
+        path = os.path.join(engine_dir, "config.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                tokens = tokens_per_block_of(json.load(f))
+        except (OSError, ValueError) as exc:
+            raise pb_utils.TritonModelException(
+                f"function_calling_agent: the engine reports KV-cache reuse in blocks (kv_cache_reused_blocks) and its "
+                f"build config {path!r} cannot be read ({exc}): set kv_cache_tokens_per_block") from None
+        if tokens is None:
+            raise pb_utils.TritonModelException(
+                f"function_calling_agent: {path} has no build_config.plugin_config.tokens_per_block: set "
+                "kv_cache_tokens_per_block")
+        return tokens
+
     def _engine_tensors(self, args):
-        """The engine's declared inputs/outputs: from the `engine_inputs` parameter, else its config.pbtxt."""
+        """The engine's declared inputs/outputs (from the `engine_inputs` parameter, else its config.pbtxt), and its
+        parsed config when it is readable."""
         repository = os.path.dirname(os.path.abspath(args["model_repository"].rstrip("/")))
         path = os.path.join(repository, self.config.tensorrt_llm_model_name, "config.pbtxt")
         config = None
@@ -102,12 +160,12 @@ class TritonPythonModel:
                 raise pb_utils.TritonModelException(f"function_calling_agent: the engine's config: {exc}") from None
         if self.config.engine_inputs is not None:
             outputs = tensor_names(config, "output") if config is not None else ("output_ids",)
-            return self.config.engine_inputs, outputs
+            return self.config.engine_inputs, outputs, config
         if config is None:
             raise pb_utils.TritonModelException(
                 f"cannot read the engine's config at {path}; set the engine_inputs parameter to the engine's "
                 "optional input names instead")
-        return tensor_names(config, "input"), tensor_names(config, "output")
+        return tensor_names(config, "input"), tensor_names(config, "output"), config
 
     async def execute(self, requests):
         if not self._executor_set:
@@ -148,17 +206,20 @@ class TritonPythonModel:
             run_id = f"fca-{uuid.uuid4().hex[:20]}"
             started = time.monotonic()
             first_token = [None]
+            deltas = DeltaCoalescer(lambda name, text: respond([_strings(name, [text])]), self.config.stream_interval,
+                                    self.config.stream_flush_ms / 1000,
+                                    on_error=lambda exc: self.logger.log_error(f"streaming a delta: {exc}"))
 
             async def on_text(delta):
                 if first_token[0] is None:
                     first_token[0] = time.monotonic() - started
                     self.metrics.first_token(first_token[0])
                 if client.stream:
-                    respond([_strings("text_output", [delta])])
+                    deltas.push("text_output", delta)
 
             async def on_reasoning(delta):
                 if client.stream and client.return_reasoning:
-                    respond([_strings("reasoning_output", [delta])])
+                    deltas.push("reasoning_output", delta)
 
             run = AgentRun(
                 engine=self.engine, chat=self.chat, tools=tools, executor=self.executor,
@@ -167,7 +228,12 @@ class TritonPythonModel:
                                      sampling=client.sampling, stop_words=client.stop_words,
                                      max_iterations=client.max_iterations, enable_thinking=client.enable_thinking),
             )
-            result = await self._run_until_cancelled(run, request)
+            try:
+                result = await self._run_until_cancelled(run, request)
+            except BaseException:
+                deltas.close(flush=False)  # an error FINAL follows, and nothing may come after a FINAL
+                raise
+            deltas.close(flush=result is not None)
             if result is None:
                 outcome, calls = "cancelled", run.calls
                 send_error("request cancelled by the client", pb_utils.TritonError.CANCELLED)
@@ -234,6 +300,8 @@ class TritonPythonModel:
                 f"arguments={arguments}")
 
     def finalize(self):
+        # The gRPC client is left to the process's exit: Triton calls finalize while the stub's event loop no longer
+        # runs callbacks, so the client cannot be closed on its loop (trying stalls the unload).
         if self.mcp is not None:
             self.mcp.close()
         self.logger.log_info("function_calling_agent finalized")
