@@ -1,8 +1,12 @@
 """Soak: FCA_SOAK_REQUESTS (default 2000) requests at concurrency 64 over loopback gRPC against a real tritonserver,
-mixing good, bad and cancelled requests. None may be lost or hang; the server's memory and threads are measured
-after a warm-up and after the soak.
+mixing good, bad and cancelled requests, once per engine transport (gRPC, BLS). None may be lost or hang; the
+server's memory and threads are measured after a warm-up and after the soak.
 
-Deselect with `-k "not soak"`. Writes /tmp/fca_soak_summary.txt and /tmp/fca_metrics_after_soak.txt.
+Deselect with `-k "not soak"`. Writes fca_soak_summary_<transport>.txt and fca_metrics_after_soak_<transport>.txt
+to FCA_SOAK_DIR (default /tmp). The long soak (README "Tests") runs both transports at once, 100,000
+requests each, so that two servers compete for the cores:
+    FCA_SOAK_REQUESTS=100000 FCA_SOAK_SECONDS=36000 pytest tests/test_soak.py -k grpc &
+    FCA_SOAK_REQUESTS=100000 FCA_SOAK_SECONDS=36000 pytest tests/test_soak.py -k bls
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ TIME_LIMIT_S = float(os.environ.get("FCA_SOAK_SECONDS", "420"))
 CONCURRENCY = 64
 WARMUP = 2 * CONCURRENCY
 REQUEST_TIMEOUT_S = 60.0
-SUMMARY_PATH = Path("/tmp/fca_soak_summary.txt")
-METRICS_PATH = Path("/tmp/fca_metrics_after_soak.txt")
+SOAK_DIR = os.environ.get("FCA_SOAK_DIR", "/tmp")  # where the summaries go
+SUMMARY_PATH = SOAK_DIR + "/fca_soak_summary_{transport}.txt"
+METRICS_PATH = SOAK_DIR + "/fca_metrics_after_soak_{transport}.txt"
 
 PRICE_CALL = '<tool_call>\n{"name": "get_current_stock_price", "arguments": {"symbol": "RIVN"}}\n</tool_call>'
 SCRIPT = {
@@ -192,13 +197,14 @@ def usage(pid: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, hermes_tokenizer_dir):
+def server(tmp_path_factory, hermes_tokenizer_dir, engine_transport):
     repo = tmp_path_factory.mktemp("soak-repo")
     make_scripted_engine(repo, SCRIPT, hermes_tokenizer_dir, token_latency_ms=1)
-    make_agent_model(repo, hermes_tokenizer_dir)
+    make_agent_model(repo, hermes_tokenizer_dir, parameters={"engine_transport": engine_transport})
     factory = TritonServerFactory(tmp_path_factory.mktemp("soak-logs"))
     try:
         running = factory(repo)
+        running.transport = engine_transport
         yield running
     finally:
         for running in factory.servers:
@@ -222,7 +228,7 @@ def settle(server, timeout: float = 15.0):
         time.sleep(0.2)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(TIME_LIMIT_S + 300)
 def test_soak_mixed_traffic_loses_nothing(server):
     warm_records, _ = asyncio.run(run_load(server.grpc_url, plan(WARMUP, seed=1), seed=1, time_limit_s=120))
     warm_failed = [(r.kind, r.outcome) for r in warm_records if r.verdict in ("lost", "wrong")]
@@ -237,7 +243,7 @@ def test_soak_mixed_traffic_loses_nothing(server):
     time.sleep(2)  # let released tool threads and drained engine streams end
     after = usage(server.pid)
     metrics_text = scrape_text(server.metrics_url)
-    METRICS_PATH.write_text(fca_lines(metrics_text) + "\n", encoding="utf-8")
+    Path(METRICS_PATH.format(transport=server.transport)).write_text(fca_lines(metrics_text) + "\n", encoding="utf-8")
 
     verdicts = Counter(r.verdict for r in records)
     server_total = value(after_metrics, "fca_requests_total", model=MODEL) - \
@@ -245,7 +251,7 @@ def test_soak_mixed_traffic_loses_nothing(server):
     server_cancelled = value(after_metrics, "fca_requests_total", model=MODEL, outcome="cancelled") - \
         value(before_metrics, "fca_requests_total", model=MODEL, outcome="cancelled")
     summary = (
-        f"fca soak: requests={len(records)}/{REQUESTS} concurrency={CONCURRENCY} elapsed={elapsed:.1f}s "
+        f"fca soak ({server.transport}): requests={len(records)}/{REQUESTS} concurrency={CONCURRENCY} elapsed={elapsed:.1f}s "
         f"rate={len(records) / elapsed:.1f}/s good={verdicts['good']} bad={verdicts['bad']} "
         f"cancelled={verdicts['cancelled']} completed_before_cancel={verdicts['completed_before_cancel']} "
         f"wrong={verdicts['wrong']} lost={verdicts['lost']} hung={sum(r.outcome.timed_out for r in records)} "
@@ -255,7 +261,7 @@ def test_soak_mixed_traffic_loses_nothing(server):
         f"processes={after['processes']} max_latency={max(r.outcome.elapsed for r in records):.2f}s"
     )
     print("\n" + summary)
-    SUMMARY_PATH.write_text(summary + "\n", encoding="utf-8")
+    Path(SUMMARY_PATH.format(transport=server.transport)).write_text(summary + "\n", encoding="utf-8")
 
     wrong = [(r.kind, r.outcome) for r in records if r.verdict in ("wrong", "lost")][:5]
     if len(records) != REQUESTS or wrong:

@@ -18,7 +18,8 @@ from transformers import AutoTokenizer
 
 from function_calling_agent.adapter.bls_engine import BlsEngineClient
 from function_calling_agent.adapter.coalescing import DeltaCoalescer
-from function_calling_agent.adapter.engine_tensors import tokens_per_block_of
+from function_calling_agent.adapter.engine_tensors import REQUIRED_INPUTS as REQUIRED_ENGINE_INPUTS
+from function_calling_agent.adapter.engine_tensors import engine_tokens_per_block
 from function_calling_agent.adapter.grpc_engine import (
     EngineUrlError,
     GrpcEngineClient,
@@ -126,26 +127,11 @@ class TritonPythonModel:
 
     def _tokens_per_block(self, outputs, engine_config):
         """Tokens per KV-cache block, needed only when the engine reports reuse in TensorRT-LLM's blocks."""
-        if "kv_cache_reused_blocks" not in outputs or "prefix_reused_tokens" in outputs:
-            return None
-        if self.config.kv_cache_tokens_per_block:
-            return self.config.kv_cache_tokens_per_block
-        engine_dir = ""
-        if engine_config is not None and "gpt_model_path" in engine_config.parameters:
-            engine_dir = engine_config.parameters["gpt_model_path"].string_value
-        path = os.path.join(engine_dir, "config.json")
+        parameters = {} if engine_config is None else {k: v.string_value for k, v in engine_config.parameters.items()}
         try:
-            with open(path, encoding="utf-8") as f:
-                tokens = tokens_per_block_of(json.load(f))
-        except (OSError, ValueError) as exc:
-            raise pb_utils.TritonModelException(
-                f"function_calling_agent: the engine reports KV-cache reuse in blocks (kv_cache_reused_blocks) and its "
-                f"build config {path!r} cannot be read ({exc}): set kv_cache_tokens_per_block") from None
-        if tokens is None:
-            raise pb_utils.TritonModelException(
-                f"function_calling_agent: {path} has no build_config.plugin_config.tokens_per_block: set "
-                "kv_cache_tokens_per_block")
-        return tokens
+            return engine_tokens_per_block(outputs, parameters, self.config.kv_cache_tokens_per_block)
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"function_calling_agent: {exc}") from None
 
     def _engine_tensors(self, args):
         """The engine's declared inputs/outputs (from the `engine_inputs` parameter, else its config.pbtxt), and its
@@ -160,7 +146,7 @@ class TritonPythonModel:
                 raise pb_utils.TritonModelException(f"function_calling_agent: the engine's config: {exc}") from None
         if self.config.engine_inputs is not None:
             outputs = tensor_names(config, "output") if config is not None else ("output_ids",)
-            return self.config.engine_inputs, outputs, config
+            return REQUIRED_ENGINE_INPUTS + self.config.engine_inputs, outputs, config
         if config is None:
             raise pb_utils.TritonModelException(
                 f"cannot read the engine's config at {path}; set the engine_inputs parameter to the engine's "

@@ -16,6 +16,8 @@ INT32 [1, 1] (the CPU engine's, in tokens) or else TensorRT-LLM's `kv_cache_reus
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Callable, Iterable, Mapping, Optional
 
 import numpy as np
@@ -112,6 +114,32 @@ def reused_tokens(blocks: int, tokens_per_block: int, prompt_tokens: Optional[in
     """
     tokens = max(blocks, 0) * tokens_per_block
     return tokens if prompt_tokens is None else min(tokens, max(prompt_tokens - 1, 0))
+
+
+def engine_tokens_per_block(declared_outputs: Iterable[str], engine_parameters: Mapping[str, str],
+                            configured: int = 0) -> Optional[int]:
+    """Tokens per KV-cache block for converting `kv_cache_reused_blocks`; None when the engine reports reuse in tokens
+    (`prefix_reused_tokens`) or not at all.
+
+    `configured` (the agent's `kv_cache_tokens_per_block`, 0 = not set) wins; otherwise the engine's build config is
+    read from the directory in the engine model's `gpt_model_path` parameter (`engine_parameters`: its config.pbtxt
+    parameters). Raises ValueError saying what to set when it cannot be learned.
+    """
+    outputs = set(declared_outputs)
+    if "kv_cache_reused_blocks" not in outputs or "prefix_reused_tokens" in outputs:
+        return None
+    if configured:
+        return configured
+    path = os.path.join(engine_parameters.get("gpt_model_path", ""), "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            tokens = tokens_per_block_of(json.load(f))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"the engine reports KV-cache reuse in blocks (kv_cache_reused_blocks) and its build config "
+                         f"{path!r} cannot be read ({exc}): set kv_cache_tokens_per_block") from None
+    if tokens is None:
+        raise ValueError(f"{path} has no build_config.plugin_config.tokens_per_block: set kv_cache_tokens_per_block")
+    return tokens
 
 
 def tokens_per_block_of(engine_config: Mapping) -> Optional[int]:

@@ -121,7 +121,7 @@ def parse_engine_url(text: str) -> str:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in text:
         raise ValueError(f"engine_url must be 'self' (this server's gRPC endpoint) or host:port, got {text!r}")
-    if host.startswith("[") != host.endswith("]"):
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
         raise ValueError(f"engine_url: an IPv6 host goes in brackets, e.g. [::1]:8001, got {text!r}")
     return f"{host}:{int(port)}"
 
