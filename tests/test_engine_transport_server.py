@@ -1,6 +1,7 @@
 """The gRPC engine transport on real tritonservers: loading fails clearly where the engine cannot be reached over
 gRPC, and an agent reaches an engine served by another server (`engine_url: host:port`), stopping it on client
-cancel with TensorRT-LLM's stop request, or by cancelling the stream when the engine takes no `stop` input.
+cancel with TensorRT-LLM's stop request (an engine without a `stop` input generates to the end: the stream is never
+cancelled).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def test_an_agent_reaches_an_engine_on_another_server(two_servers):
     assert outcome.error is None and outcome.finals == 1 and outcome.text == "Hello from the other server."
 
 
-@pytest.mark.parametrize("model, engine_end", [("function_calling_agent", "stopped"), ("fca_no_stop", "cancelled")])
+@pytest.mark.parametrize("model, engine_end", [("function_calling_agent", "stopped"), ("fca_no_stop", "completed")])
 def test_a_client_cancel_ends_the_engine_request_on_the_other_server(two_servers, model, engine_end):
     engine_server, agent_server, engine_dir = two_servers
     seen = {e["request_id"] for e in read_request_log(engine_dir) if e["event"] == "end"}
@@ -101,9 +102,10 @@ def test_a_client_cancel_ends_the_engine_request_on_the_other_server(two_servers
                              model=model, cancel_when=lambda o, _: bool(o.deltas))
     assert outcome.cancelled and outcome.deltas, outcome
     end = _engine_end(engine_dir, seen)
-    # With a stop input the agent sends TensorRT-LLM's stop request on the turn's stream; without one it cancels the
-    # stream, which the engine sees as a cancelled request. Either way the engine stops generating.
-    assert end["end"] == engine_end and end["tokens_sent"] < 60, end
+    # With a stop input the agent sends TensorRT-LLM's stop request on the turn's stream and the engine stops; without
+    # one the engine generates to the end. The agent never cancels the engine's stream (that crashes Triton 2.51).
+    assert end["end"] == engine_end, end
+    assert end["tokens_sent"] < 60 if engine_end == "stopped" else end["tokens_sent"] >= 60, end
     again = stream_request(agent_server.grpc_url, make_inputs({"text_input": "hi", "max_tokens": 32, "stream": True}),
                            model=model)
     assert again.error is None and again.text == "Hello from the other server."

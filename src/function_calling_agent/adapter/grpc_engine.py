@@ -11,10 +11,9 @@ endpoint; see `resolve_engine_url`):
   - the turn's request goes out first, with `triton_enable_empty_final_response` so the last response is marked;
   - an early end (stop word, deadline, client cancel) sends TensorRT-LLM's `stop` request on the same stream (same
     request id, `stop=true`), waits for both FINALs, then half-closes: the stream ends normally on both sides;
-  - only an engine that takes no `stop` input, or one that ignores it for `stop_timeout_s`, gets the stream itself
-    cancelled (Triton 2.51's gRPC frontend has had races on cancelled streams; the stop request keeps them out of the
-    normal path). One reader task per stream owns the gRPC call, so a cancelled consumer never cancels the read
-    (grpc.aio cancels the RPC when a pending read is cancelled).
+  - the agent never cancels an engine stream: cancelling busy gRPC streams crashes Triton 2.51's gRPC frontend. One
+    reader task per stream owns the gRPC call, so a cancelled consumer never cancels the read (grpc.aio cancels the
+    RPC when a pending read is cancelled, and when it collects an unfinished call).
 Engine errors arrive as gRPC error messages, also after streamed responses, and become `EngineError`s.
 """
 
@@ -235,7 +234,10 @@ class GrpcEngineClient:
         self._ready = False
         self._live: dict[str, _Stream] = {}
         self.closing: set[asyncio.Task] = set()  # streams ending after an early exit (stop sent, FINALs owed)
-        self.cancelled_streams = 0  # streams that had to be cancelled (no stop input, or the stop went unanswered)
+        self.slow_to_end = 0  # streams still open stop_timeout_s after an early exit
+        if "stop" not in self.declared and logger is not None:
+            logger.log_warn(f"engine model {model_name!r} takes no stop input: a turn that ends early (stop word, "
+                            "deadline, client cancel) leaves the engine generating until max_tokens")
 
     # -- connection --------------------------------------------------------------------------------------------------
     async def _connected(self):
@@ -328,34 +330,32 @@ class GrpcEngineClient:
             stream.reads.put_nowait(None)
 
     def _end_early(self, stream: _Stream) -> None:
-        """The turn left before its FINAL: stop the engine and let the stream end in the background, bounded."""
+        """The turn left before its FINAL: stop the engine and let the stream end in the background."""
         self._send_stop(stream)
-        task = asyncio.ensure_future(self._close_when_done(stream))
+        task = asyncio.ensure_future(self._wait_for_end(stream))
         self.closing.add(task)
         task.add_done_callback(self.closing.discard)
 
     def _send_stop(self, stream: _Stream) -> None:
-        if stream.stop_sent or stream.half_closed:
+        if stream.stop_sent or stream.half_closed or "stop" not in self.declared:
             return
         stream.stop_sent = True
-        if "stop" not in self.declared:
-            self._cancel(stream, "the engine takes no stop input")
-            return
         stream.finals_owed += 1
         stream.writes.put_nowait(self._request(stream.request_id, stop_inputs()))
 
-    async def _close_when_done(self, stream: _Stream) -> None:
+    async def _wait_for_end(self, stream: _Stream) -> None:
+        """Never cancels the stream: cancelling busy gRPC streams crashes Triton 2.51's gRPC frontend (SIGSEGV; seen
+        here after under a hundred cancels of engine streams at full speed). The reader task keeps the call alive
+        (grpc.aio cancels a call it collects) until the engine ends the request, as it does for a stop, or at
+        max_tokens for an engine without a stop input."""
         done, _ = await asyncio.wait({stream.reader}, timeout=self.stop_timeout_s)
         if not done:
-            self._cancel(stream, f"still open {self.stop_timeout_s:g} s after its stop request")
-            await asyncio.wait({stream.reader}, timeout=self.stop_timeout_s)
-
-    def _cancel(self, stream: _Stream, why: str) -> None:
-        self.cancelled_streams += 1
-        if self._logger is not None:
-            self._logger.log_warn(f"engine stream {stream.request_id} cancelled: {why}")
-        if stream.call is not None:
-            stream.call.cancel()
+            self.slow_to_end += 1
+            if self._logger is not None:
+                why = "its stop request" if stream.stop_sent else "the turn ended (the engine takes no stop input)"
+                self._logger.log_warn(f"engine stream {stream.request_id} still open {self.stop_timeout_s:g} s after "
+                                      f"{why}; it is left to end on its own")
+            await stream.reader
 
     async def stop(self, request_id: str) -> None:
         """TensorRT-LLM's stop request, on the turn's own stream. A turn that has already ended needs none."""
@@ -364,6 +364,8 @@ class GrpcEngineClient:
             self._send_stop(stream)
 
     async def close(self) -> None:
+        """Waits (bounded) for streams still ending, then closes the channel. For tests and benchmarks: in a model,
+        the process's exit closes it (Triton calls finalize when the stub's event loop no longer runs)."""
         if self.closing:
             await asyncio.wait(set(self.closing), timeout=self.stop_timeout_s)
         if self._client is not None:
