@@ -19,10 +19,12 @@ import pytest
 from deploy.configure_repository import configure
 from function_calling_agent.adapter.coalescing import DeltaCoalescer
 from function_calling_agent.adapter.engine_tensors import (
+    engine_inputs,
     engine_output,
     engine_tokens_per_block,
     requested_outputs,
     reused_tokens,
+    stop_inputs,
 )
 from function_calling_agent.adapter.grpc_engine import (
     EngineUrlError,
@@ -32,6 +34,7 @@ from function_calling_agent.adapter.grpc_engine import (
     server_grpc_endpoint,
 )
 from function_calling_agent.adapter.parameters import ConfigError, parse_parameters
+from function_calling_agent.engine import EngineRequest, SamplingParams
 from function_calling_agent.model_config import read_model_config, tensor_names
 
 STOCK_FIXTURE = Path(__file__).parent / "fixtures" / "stock_inflight_batcher_llm"
@@ -178,11 +181,48 @@ def test_interval_one_sends_every_delta():
 
 # ---- KV reuse from TensorRT-LLM 1.0.0's outputs ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def stock_engine_outputs(tmp_path_factory):
-    """The output names of the stock tensorrt_llm model, as the gpu profile fills it."""
+def stock_engine(tmp_path_factory):
+    """The stock tensorrt_llm model's config (TensorRT-LLM 1.0.0's tensors), as the gpu profile fills it."""
     repo = tmp_path_factory.mktemp("gpu") / "repo"
     configure("gpu", repo, {"tokenizer_dir": "/ckpt", "engine_dir": "/engines/x"}, STOCK_FIXTURE)
-    return tensor_names(read_model_config(repo / "tensorrt_llm" / "config.pbtxt"), "output")
+    return read_model_config(repo / "tensorrt_llm" / "config.pbtxt")
+
+
+@pytest.fixture(scope="module")
+def stock_engine_outputs(stock_engine):
+    return tensor_names(stock_engine, "output")
+
+
+_NUMPY_OF = {"TYPE_INT32": np.int32, "TYPE_UINT64": np.uint64, "TYPE_FP32": np.float32, "TYPE_BOOL": np.bool_}
+
+
+def _matches(array: np.ndarray, spec) -> bool:
+    """An array fits a declared input: its type, and [batch 1] + dims (-1 matching any length)."""
+    from tritonclient.grpc import model_config_pb2
+
+    dims = list(spec.dims)
+    return (array.dtype == _NUMPY_OF[model_config_pb2.DataType.Name(spec.data_type)] and array.shape[0] == 1
+            and len(array.shape) == len(dims) + 1 and all(d in (-1, n) for d, n in zip(dims, array.shape[1:])))
+
+
+def test_every_input_the_agent_sends_fits_the_stock_engine(stock_engine):
+    declared = {spec.name: spec for spec in stock_engine.input}
+    request = EngineRequest(
+        request_id="fca-1-0", prompt_ids=[5, 6, 7], max_tokens=64, end_id=2, pad_id=0,
+        sampling=SamplingParams(temperature=0.7, top_k=20, top_p=0.9, random_seed=1234, repetition_penalty=1.1,
+                                presence_penalty=0.2, frequency_penalty=0.3),
+        bad_words=((11, 12),), stop_words=((13,), (14,)))
+    arrays = engine_inputs(request, frozenset(declared))
+    # TensorRT-LLM 1.x calls the seed `seed` (0.x: random_seed); every sampling setting and word list goes out.
+    assert set(arrays) == {"input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "streaming",
+                           "exclude_input_in_output", "return_perf_metrics", "temperature", "runtime_top_k",
+                           "runtime_top_p", "seed", "repetition_penalty", "presence_penalty", "frequency_penalty",
+                           "bad_words_list", "stop_words_list"}
+    for name, array in {**arrays, **stop_inputs()}.items():
+        assert _matches(array, declared[name]), (name, array.dtype, array.shape, declared[name])
+    assert arrays["seed"].tolist() == [[1234]] and arrays["pad_id"].tolist() == [[0]]
+    assert arrays["bad_words_list"].tolist() == [[[11, 12], [2, -1]]]
+    assert arrays["stop_words_list"].tolist() == [[[13, 14], [1, 2]]]
 
 
 def test_stock_engine_outputs_ask_for_reused_blocks(stock_engine_outputs):
