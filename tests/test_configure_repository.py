@@ -276,3 +276,11 @@ def test_agent_parameters_no_template_uses_are_set_in_the_agent_config(tmp_path)
     assert parsed.limits.max_iterations == 3 and parsed.tool_path == ("/tools", "/more")
     with pytest.raises(ModelConfigError, match=r"'max_iteration' \(did you mean 'max_iterations'\?\)"):
         configure("cpu", tmp_path / "other", {**CPU_VALUES, "max_iteration": "3"})
+
+
+def test_readme_configuration_lists_every_parameter():
+    from function_calling_agent.adapter.parameters import PARAMETERS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("### Configuration"):readme.index("## Tools")]
+    assert [name for name in PARAMETERS if f"`{name}`" not in table] == []

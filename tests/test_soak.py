@@ -5,8 +5,8 @@ server's memory and threads are measured after a warm-up and after the soak.
 Deselect with `-k "not soak"`. Writes fca_soak_summary_<transport>.txt and fca_metrics_after_soak_<transport>.txt
 to FCA_SOAK_DIR (default /tmp). The long soak (README "Tests") runs both transports at once, 100,000
 requests each, so that two servers compete for the cores:
-    FCA_SOAK_REQUESTS=100000 FCA_SOAK_SECONDS=36000 pytest tests/test_soak.py -k grpc &
-    FCA_SOAK_REQUESTS=100000 FCA_SOAK_SECONDS=36000 pytest tests/test_soak.py -k bls
+    FCA_SOAK_REQUESTS=100000 FCA_SOAK_SECONDS=36000 .venv/bin/python -m pytest tests/test_soak.py -k grpc &
+    FCA_SOAK_REQUESTS=100000 FCA_SOAK_SECONDS=36000 .venv/bin/python -m pytest tests/test_soak.py -k bls
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ REQUESTS = int(os.environ.get("FCA_SOAK_REQUESTS", "2000"))
 TIME_LIMIT_S = float(os.environ.get("FCA_SOAK_SECONDS", "420"))
 CONCURRENCY = 64
 WARMUP = 2 * CONCURRENCY
+STALL_HUNG = CONCURRENCY // 4
+STALLS: list[str] = []  # when the first request hung, per run
 REQUEST_TIMEOUT_S = 60.0
 SOAK_DIR = os.environ.get("FCA_SOAK_DIR", "/tmp")  # where the summaries go
 SUMMARY_PATH = SOAK_DIR + "/fca_soak_summary_{transport}.txt"
@@ -169,11 +171,20 @@ async def run_load(grpc_url: str, kinds: list[str], seed: int, time_limit_s: flo
         queue.put_nowait(item)
     records: list[Record] = []
     started = time.monotonic()
+    hung = 0
 
     async def worker():
-        while not queue.empty() and time.monotonic() - started < time_limit_s:
+        nonlocal hung
+        # A stall (a deadlocked stub) hangs every request from then on: stop once a quarter of the workers hang.
+        while not queue.empty() and time.monotonic() - started < time_limit_s and hung < STALL_HUNG:
             index, kind = queue.get_nowait()
-            records.append(await one_request(client, kind, index, rng))
+            record = await one_request(client, kind, index, rng)
+            records.append(record)
+            if record.outcome.timed_out:
+                hung += 1
+                if hung == 1:
+                    STALLS.append(f"first hung request: #{index} ({kind}) after {time.monotonic() - started:.0f} s, "
+                                  f"{len(records)} requests done")
 
     try:
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
@@ -230,6 +241,7 @@ def settle(server, timeout: float = 15.0):
 
 @pytest.mark.timeout(TIME_LIMIT_S + 300)
 def test_soak_mixed_traffic_loses_nothing(server):
+    STALLS.clear()
     warm_records, _ = asyncio.run(run_load(server.grpc_url, plan(WARMUP, seed=1), seed=1, time_limit_s=120))
     warm_failed = [(r.kind, r.outcome) for r in warm_records if r.verdict in ("lost", "wrong")]
     assert not warm_failed, (diagnose(server), warm_failed[:3])
@@ -259,6 +271,7 @@ def test_soak_mixed_traffic_loses_nothing(server):
         f"rss_kib={before['rss_kib']}->{after['rss_kib']} (growth {after['rss_kib'] - before['rss_kib']:+d}) "
         f"threads={before['threads']}->{after['threads']} (growth {after['threads'] - before['threads']:+d}) "
         f"processes={after['processes']} max_latency={max(r.outcome.elapsed for r in records):.2f}s"
+        + (f" STALLED: {STALLS[-1]}" if STALLS else " stalls=0")
     )
     print("\n" + summary)
     Path(SUMMARY_PATH.format(transport=server.transport)).write_text(summary + "\n", encoding="utf-8")

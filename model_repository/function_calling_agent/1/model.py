@@ -18,6 +18,7 @@ from transformers import AutoTokenizer
 
 from function_calling_agent.adapter.bls_engine import BlsEngineClient
 from function_calling_agent.adapter.coalescing import DeltaCoalescer
+from function_calling_agent.adapter.contract import CLIENT_INPUTS, InvalidRequest, check_declared, decode_request
 from function_calling_agent.adapter.engine_tensors import REQUIRED_INPUTS as REQUIRED_ENGINE_INPUTS
 from function_calling_agent.adapter.engine_tensors import engine_tokens_per_block
 from function_calling_agent.adapter.grpc_engine import (
@@ -27,7 +28,6 @@ from function_calling_agent.adapter.grpc_engine import (
     resolve_engine_url,
     server_command_line,
 )
-from function_calling_agent.adapter.contract import CLIENT_INPUTS, InvalidRequest, check_declared, decode_request
 from function_calling_agent.adapter.metrics import AgentMetrics
 from function_calling_agent.adapter.parameters import AgentConfig, ConfigError, parse_parameters
 from function_calling_agent.chat_format import ChatTemplateError, load_chat_format
@@ -104,7 +104,8 @@ class TritonPythonModel:
         name = self.config.tensorrt_llm_model_name
         if self.config.engine_transport == "bls":
             self._transport_info = "bls"
-            return BlsEngineClient(pb_utils, name, inputs, outputs, stop_timeout_s=self.config.engine_stop_timeout_seconds,
+            return BlsEngineClient(pb_utils, name, inputs, outputs,
+                                   stop_timeout_s=self.config.engine_stop_timeout_seconds,
                                    read_threads=self.config.bls_threads, logger=self.logger,
                                    tokens_per_block=tokens_per_block)
         # This server's gRPC endpoint opens only after every model has loaded: its command line says whether it will

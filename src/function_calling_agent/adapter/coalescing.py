@@ -21,7 +21,8 @@ class DeltaCoalescer:
     """
 
     def __init__(self, send: Callable[[str, str], None], interval: int, flush_s: float,
-                 loop: Optional[asyncio.AbstractEventLoop] = None, on_error: Optional[Callable[[Exception], None]] = None):
+                 loop: Optional[asyncio.AbstractEventLoop] = None,
+                 on_error: Optional[Callable[[Exception], None]] = None):
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
         self._send = send

@@ -194,6 +194,7 @@ class _Stream:
         self.finals_owed = 1
         self.stop_sent = False
         self.half_closed = False
+        self.abandoned = False  # the turn has left: what still arrives is read and dropped
         self.call = None
         self.reader: Optional[asyncio.Task] = None
 
@@ -318,7 +319,8 @@ class GrpcEngineClient:
                     stream.finals_owed -= 1
                     if stream.finals_owed <= 0:
                         stream.half_close()
-                stream.reads.put_nowait((result, error))
+                if not stream.abandoned:
+                    stream.reads.put_nowait((result, error))
         except asyncio.CancelledError:
             pass
         except Exception as exc:  # the connection broke, or the stream was cancelled
@@ -331,6 +333,7 @@ class GrpcEngineClient:
 
     def _end_early(self, stream: _Stream) -> None:
         """The turn left before its FINAL: stop the engine and let the stream end in the background."""
+        stream.abandoned = True
         self._send_stop(stream)
         task = asyncio.ensure_future(self._wait_for_end(stream))
         self.closing.add(task)
