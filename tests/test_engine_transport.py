@@ -101,7 +101,7 @@ def test_bad_engine_urls_fail_loading_with_what_to_write(text):
 
 def test_transport_parameters_are_strict():
     config = parse_parameters({"tokenizer_dir": "/tmp", "max_context_tokens": "4096"}, check_paths=False)
-    assert (config.engine_transport, config.engine_url, config.stream_interval) == ("grpc", "self", 8)
+    assert (config.engine_transport, config.engine_url, config.stream_interval) == ("grpc", "self", 16)
     for bad, message in (({"engine_transport": "http"}, "one of grpc, bls"), ({"stream_interval": "0"}, "between"),
                          ({"stream_flush_ms": "0"}, "must be > 0"), ({"kv_cache_tokens_per_block": "-1"}, "between")):
         with pytest.raises(ConfigError, match=message):

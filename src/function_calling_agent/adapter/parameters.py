@@ -49,8 +49,9 @@ class AgentConfig:
     # grpc: "self" (the gRPC endpoint of the server the agent runs in, read from its command line) or host:port.
     engine_url: str = "self"
     # Client deltas go out every `stream_interval` answer tokens, or once the oldest held text is `stream_flush_ms`
-    # old; the first delta of a request is never held. 1: every token.
-    stream_interval: int = 8
+    # old; the first delta of a request is never held. 1: every token. 16 by measurement (bench/relay.py
+    # --sweep-intervals: 4 to 32 relay within noise of each other, each about 1.5x interval 1; 16 best or tied).
+    stream_interval: int = 16
     stream_flush_ms: float = 50.0
     # TensorRT-LLM reports KV reuse in blocks; 0: read the tokens per block from the engine's build config.
     kv_cache_tokens_per_block: int = 0
