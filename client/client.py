@@ -164,8 +164,10 @@ def run_grpc(url: str, model: str, fields: dict, on_text: OnText) -> Answer:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
+    from function_calling_agent.grpc_channel import channel_args
+
     try:
-        client = grpcclient.InferenceServerClient(url)
+        client = grpcclient.InferenceServerClient(url, channel_args=channel_args(url))
         client.is_server_live(client_timeout=CONNECT_TIMEOUT_S)
     except InferenceServerException as exc:
         raise Unreachable(f"cannot reach Triton at {url}: {_grpc_message(exc)}") from None

@@ -24,7 +24,8 @@ C++ backend in a try/catch (an empty number or bool fails to parse and falls bac
 encoder_model_path fails the exists() check like the literal; gpu_device_ids/participant_ids split into an empty list;
 guided_decoding_backend/xgrammar_tokenizer_info_path are tested with `.empty()`), the BLS parameters (its
 `get_valid_param_value` maps "" and `${...}` to the same default) and preprocessing's multimodal_model_path /
-max_num_images (checked for "" / isdigit). Structural fields (max_batch_size, data types, decoupled, instance
+max_num_images (checked for "" / isdigit) and hf_model_path (templates after 1.0; read only together with a
+multimodal_model_path, which "" leaves unset). Structural fields (max_batch_size, data types, decoupled, instance
 counts, queue settings) always get real values, and so does every parameter whose backend default we rely on.
 
 Every generated config.pbtxt is parsed with Triton's ModelConfig proto (tritonclient.grpc.model_config_pb2), its
@@ -79,6 +80,9 @@ _AGENT_DEFAULTS = {
     "agent_instance_count": "1",
     "tool_modules": DEFAULT_TOOL_MODULES,
     "mcp_servers": "",
+    "engine_transport": "grpc",
+    # This server's own gRPC endpoint, wherever the launcher or tritonserver's --grpc-port put it.
+    "engine_url": "self",
 }
 
 CPU_DEFAULTS: Mapping[str, str] = {
@@ -127,7 +131,7 @@ GPU_DEFAULTS: Mapping[str, str] = {
     "enable_context_fmha_fp32_acc": "false",
     "cuda_graph_mode": "false",
     "cuda_graph_cache_size": "0",
-    "enable_trt_overlap": "false",  # commented out in later templates
+    "enable_trt_overlap": "false",  # commented out (deprecated) in 1.0.0's template; live again in later releases
     "gpu_weights_percent": "1.0",
     "num_nodes": "1",
     "cancellation_check_period_ms": "100",
@@ -167,6 +171,7 @@ GPU_DEFAULTS: Mapping[str, str] = {
     "multimodal_encoders_name": "",
     "multimodal_model_path": "",
     "max_num_images": "",
+    "hf_model_path": "",  # templates after 1.0 only; preprocessing reads it for multimodal models alone
 }
 
 

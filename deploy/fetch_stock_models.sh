@@ -2,7 +2,9 @@
 # Fetch, at the TensorRT-LLM tag pinned in deploy/versions.env, the parts of that repository a GPU deployment uses:
 #   triton_backend/all_models/inflight_batcher_llm  the stock preprocessing/tensorrt_llm/postprocessing/ensemble/BLS
 #   triton_backend/scripts                          launch_triton_server.py, for reference
-#   examples/models/core/llama                      convert_checkpoint.py (the NGC image ships no examples)
+#   examples/models/core/llama                      convert_checkpoint.py
+# The NGC trtllm image has copies under /app (Triton's r25.10 QA uses /app/all_models and /app/tools); fetching at
+# the pinned tag instead keeps the templates and the converter of exactly that release, whatever the image's layout.
 # A sparse, shallow clone into DEST/TensorRT-LLM-<tag>; skipped when already there. Never committed: these are
 # fetched inside the pinned container so they always match the backend it runs.
 #

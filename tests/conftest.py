@@ -11,6 +11,9 @@ from function_calling_agent.offline_models.tiny_llama import build_tiny_llama
 from tests.support.triton_server import TritonServerFactory
 
 _FACTORY_KEY = pytest.StashKey[TritonServerFactory]()
+# How the agent reaches its engine (its `engine_transport` parameter): gRPC to the server's own endpoint (the default)
+# or BLS. Modules whose server fixture takes `engine_transport` run once per transport.
+ENGINE_TRANSPORTS = ("grpc", "bls")
 
 # Hypothesis: by default ("ci") every run draws the same examples (derandomize seeds from each test's name and code),
 # so a suite that passed cannot fail by luck and a failure found recurs on every rerun; it is also printed with a
@@ -43,6 +46,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if factory is not None and report.failed and factory.servers:
         report.sections.append(("tritonserver log", factory.log_report()))
     return report
+
+
+@pytest.fixture(scope="module", params=ENGINE_TRANSPORTS)
+def engine_transport(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="session")

@@ -158,14 +158,15 @@ def server_factory(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def agent(server_factory, tmp_path_factory, hermes_tokenizer_dir) -> Agent:
+def agent(server_factory, tmp_path_factory, hermes_tokenizer_dir, engine_transport) -> Agent:
     from transformers import AutoTokenizer
 
     repo = tmp_path_factory.mktemp("agent-repo")
     engine_dir = make_scripted_engine(repo, SCRIPT, hermes_tokenizer_dir, token_latency_ms=1)
     make_agent_model(repo, hermes_tokenizer_dir, tool_modules="scripted_tools",
                      parameters={"max_iterations": str(SERVER_MAX_ITERATIONS),
-                                 "engine_idle_timeout_seconds": str(ENGINE_IDLE_TIMEOUT_S)})
+                                 "engine_idle_timeout_seconds": str(ENGINE_IDLE_TIMEOUT_S),
+                                 "engine_transport": engine_transport})
     server = server_factory(repo)
     return Agent(server=server, engine_dir=engine_dir, tokenizer=AutoTokenizer.from_pretrained(hermes_tokenizer_dir))
 

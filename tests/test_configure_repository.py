@@ -115,8 +115,20 @@ def test_gpu_defaults_cover_exactly_the_pinned_templates_variables():
     used = set().union(*(find_placeholders((STOCK_FIXTURE / m / "config.pbtxt").read_text()) for m in STOCK_MODELS))
     used |= find_placeholders((MODEL_REPOSITORY / "function_calling_agent" / "config.pbtxt").read_text())
     assert used - set(GPU_DEFAULTS) == {"tokenizer_dir"}  # the checkpoint: always given by the caller
-    # Defaults no 1.0.0 template uses: variables of later releases, applied only where present.
-    assert set(GPU_DEFAULTS) - used == {"prompt_embedding_table_data_type"}
+    # Defaults no 1.0.0 template uses: variables of later releases, applied only where present (1.0.0 comments
+    # enable_trt_overlap out; later templates make it live again and add hf_model_path to preprocessing).
+    assert set(GPU_DEFAULTS) - used == {"prompt_embedding_table_data_type", "enable_trt_overlap", "hf_model_path"}
+
+
+def test_later_templates_hf_model_path_is_filled_empty(tmp_path):
+    # Post-1.0 preprocessing templates add ${hf_model_path}; its model reads it only beside a multimodal_model_path.
+    stock = copy_tree(STOCK_FIXTURE, tmp_path / "stock")
+    config = stock / "preprocessing" / "config.pbtxt"
+    config.write_text(config.read_text()
+                      + 'parameters: { key: "hf_model_path" value: { string_value: "${hf_model_path}" } }\n')
+    configs = configs_by_model(configure("gpu", tmp_path / "repo", GPU_VALUES, stock_dir=stock))
+    assert parameter(configs["preprocessing"], "hf_model_path") == ""
+    assert parameter(configs["preprocessing"], "multimodal_model_path") == ""
 
 
 def test_missing_variable_is_rejected_naming_it_and_its_templates(tmp_path):
@@ -333,3 +345,11 @@ def test_cli_selects_the_llamacpp_engine(tmp_path, capsys):
     engine = parse(tmp_path / "repo" / "tensorrt_llm" / "config.pbtxt")
     assert parameter(engine, "gguf_path") == LLAMACPP_VALUES["gguf_path"]
     assert str(tmp_path / "repo" / "tensorrt_llm" / "config.pbtxt") in capsys.readouterr().out
+
+
+def test_readme_configuration_lists_every_parameter():
+    from function_calling_agent.adapter.parameters import PARAMETERS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("### Configuration"):readme.index("## Tools")]
+    assert [name for name in PARAMETERS if f"`{name}`" not in table] == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,68 @@ def test_cpu_profile_runs_three_turns_with_prefix_reuse(triton_server_factory, c
     report = "\n".join(lines) + "\n"
     print("\n" + report)
     Path(TURNS_REPORT.format(engine=engine)).write_text(report, encoding="utf-8")
+
+
+TRTLLM_REUSE_REPORT = Path("/tmp/fca_trtllm_reuse_turns.txt")
+BLOCK = 8  # tokens per KV-cache block of the TensorRT-LLM-shaped engine
+
+
+@pytest.fixture(scope="module")
+def trtllm_shaped_repository(tmp_path_factory, tool_model_dir) -> Path:
+    """The cpu profile plus a second CPU engine that reports prompt reuse only as TensorRT-LLM 1.0.0 does
+    (`kv_cache_reused_blocks`, no `prefix_reused_tokens`), and an agent on it that converts blocks to tokens."""
+    from function_calling_agent.model_config import set_parameter
+
+    out = tmp_path_factory.mktemp("trtllm-shaped") / "model_repository"
+    configure("cpu", out, {"tokenizer_dir": tool_model_dir, "model_dir": tool_model_dir,
+                           "tool_modules": "scripted_tools", "tool_path": str(TEST_TOOL_MODULES)})
+    for name in ("tensorrt_llm", "function_calling_agent"):
+        shutil.copytree(out / name, out / f"{name}_trt")
+    engine = out / "tensorrt_llm_trt" / "config.pbtxt"
+    text, removed = re.subn(r',\s*\{\s*name:\s*"prefix_reused_tokens"[^}]*\}', "", engine.read_text(encoding="utf-8"))
+    assert removed == 1
+    text = re.sub(r'^name: .*$', 'name: "tensorrt_llm_trt"', text, count=1, flags=re.M)
+    for engine_config in (engine, out / "tensorrt_llm" / "config.pbtxt"):
+        engine_text = text if engine_config == engine else engine_config.read_text(encoding="utf-8")
+        for key, value in (("kv_cache_block_size", str(BLOCK)), ("torch_threads", "1")):
+            engine_text = set_parameter(engine_text, key, value)
+        engine_config.write_text(engine_text, encoding="utf-8")
+    agent = out / "function_calling_agent_trt" / "config.pbtxt"
+    text = re.sub(r'^name: .*$', 'name: "function_calling_agent_trt"', agent.read_text(encoding="utf-8"), count=1,
+                  flags=re.M)
+    for key, value in (("tensorrt_llm_model_name", "tensorrt_llm_trt"), ("kv_cache_tokens_per_block", str(BLOCK))):
+        text = set_parameter(text, key, value)
+    agent.write_text(text, encoding="utf-8")
+    return out
+
+
+def test_trtllm_shaped_reuse_is_reported_in_tokens(triton_server_factory, trtllm_shaped_repository):
+    # The same requests to two identical CPU engines: one reports reuse in tokens, the other only in TensorRT-LLM's
+    # blocks, which the agent turns into tokens (whole blocks, never the prompt's last token).
+    server = triton_server_factory(trtllm_shaped_repository)
+    rows = []
+    for attempt in ("fresh server", "second request"):
+        turns = {}
+        for model in ("function_calling_agent", "function_calling_agent_trt"):
+            outcome = stream_request(server.grpc_url, make_inputs({"text_input": USER_PROMPT, "max_tokens": 64,
+                                                                   "stream": True, "return_trace": True}),
+                                     model=model, timeout=120)
+            assert outcome.error is None and outcome.finish_reason == "stop", outcome
+            turns[model] = outcome.trace["turns"]
+            assert outcome.final["usage"]["reused_prompt_tokens"] == sum(
+                t["reused_prompt_tokens"] for t in turns[model])
+        for exact, blocks in zip(turns["function_calling_agent"], turns["function_calling_agent_trt"]):
+            assert exact["prompt_tokens"] == blocks["prompt_tokens"], (exact, blocks)
+            expected = min(exact["reused_prompt_tokens"] // BLOCK * BLOCK, exact["prompt_tokens"] - 1)
+            assert blocks["reused_prompt_tokens"] == expected, (exact, blocks)
+            rows.append(f"  {attempt}: prompt={exact['prompt_tokens']} reused: exact={exact['reused_prompt_tokens']} "
+                        f"from blocks={blocks['reused_prompt_tokens']} ({blocks['reused_prompt_tokens'] // BLOCK} "
+                        f"blocks of {BLOCK})")
+    assert any(int(r.split("from blocks=")[1].split()[0]) > 0 for r in rows)  # reuse was seen, not just zeros
+    report = "per engine turn, TensorRT-LLM-shaped engine (kv_cache_reused_blocks) vs exact tokens:\n" + \
+        "\n".join(rows) + "\n"
+    print("\n" + report)
+    TRTLLM_REUSE_REPORT.write_text(report, encoding="utf-8")
 
 
 def test_serve_plumbing_check_answers_and_stops_on_sigterm(tmp_path):

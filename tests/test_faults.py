@@ -76,24 +76,26 @@ SCRIPT = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, hermes_tokenizer_dir):
+def server(tmp_path_factory, hermes_tokenizer_dir, engine_transport):
     repo = tmp_path_factory.mktemp("faults-repo")
     engine_dir = make_scripted_engine(repo, SCRIPT, hermes_tokenizer_dir, token_latency_ms=2)
-    # Triton 2.51 never delivers an engine error that follows streamed tokens; the idle timeout turns the silence
-    # into UNAVAILABLE quickly.
-    make_agent_model(repo, hermes_tokenizer_dir, parameters={"engine_idle_timeout_seconds": "5"})
+    transport = {"engine_transport": engine_transport}
+    # Over BLS, Triton 2.51 never delivers an engine error that follows streamed tokens; the idle timeout turns the
+    # silence into UNAVAILABLE quickly. Over gRPC the error itself arrives.
+    make_agent_model(repo, hermes_tokenizer_dir, parameters={"engine_idle_timeout_seconds": "5", **transport})
     make_agent_model(repo, hermes_tokenizer_dir, model_name=DEADLINE_MODEL,
-                     parameters={"request_timeout_seconds": str(DEADLINE_S)})
+                     parameters={"request_timeout_seconds": str(DEADLINE_S), **transport})
     make_agent_model(repo, hermes_tokenizer_dir, model_name=POOL_MODEL,
                      tool_modules="scripted_tools,fault_tools",
                      parameters={"tool_workers": str(POOL_WORKERS), "max_abandoned_tool_threads": str(POOL_ABANDONED),
-                                 "tool_timeout_seconds": "1"})
+                                 "tool_timeout_seconds": "1", **transport})
     factory = TritonServerFactory(tmp_path_factory.mktemp("faults-logs"))
     gates = tmp_path_factory.mktemp("tool-gates")
     try:
         running = factory(repo, model_control_mode="explicit", load_models=["*"],
                           env={**os.environ, "FCA_TEST_GATE_DIR": str(gates)})
         running.engine_dir, running.repo, running.gates = engine_dir, repo, gates
+        running.transport = engine_transport
         yield running
     finally:
         for running in factory.servers:
@@ -176,6 +178,11 @@ def test_engine_failing_mid_stream_is_unavailable_promptly(server):
     outcome = ask(server, "ENGINE_MID", stream=True, timeout=60,
                   cancel_when=lambda _, elapsed: elapsed > 20)  # the 5 s idle timeout, not the 120 s deadline
     assert outcome.finals == 1 and outcome.error is not None and outcome.error.startswith("the engine is unavailable")
+    if server.transport == "grpc":
+        # The engine's own error arrives after its streamed tokens, at once (over BLS, 2.51 drops it: the idle
+        # timeout of 5 s speaks instead).
+        assert "scripted failure" in outcome.error and "after 3 tokens" in outcome.error, outcome.error
+        assert outcome.elapsed < 3, outcome.elapsed
 
 
 # ---- deadline ----------------------------------------------------------------------------------------------------

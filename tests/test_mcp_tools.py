@@ -16,7 +16,6 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from function_calling_agent.chat_format import ChatFormat
 from function_calling_agent.run import AgentLimits, AgentRequest, AgentRun
 from function_calling_agent.tools import ToolRegistry, ToolSpec, ToolStatus
 from function_calling_agent.tools.execution import ToolExecutor

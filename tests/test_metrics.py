@@ -52,10 +52,10 @@ FAMILIES = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, hermes_tokenizer_dir):
+def server(tmp_path_factory, hermes_tokenizer_dir, engine_transport):
     repo = tmp_path_factory.mktemp("metrics-repo")
     make_scripted_engine(repo, SCRIPT, hermes_tokenizer_dir, token_latency_ms=2)
-    make_agent_model(repo, hermes_tokenizer_dir)
+    make_agent_model(repo, hermes_tokenizer_dir, parameters={"engine_transport": engine_transport})
     factory = TritonServerFactory(tmp_path_factory.mktemp("metrics-logs"))
     try:
         yield factory(repo)

@@ -15,7 +15,7 @@ import requests
 from function_calling_agent.gateway.process import GatewayProcess
 from function_calling_agent.scripted_engine.repository import make_scripted_engine, read_request_log
 from tests.support.agent_repo import make_agent_model
-from tests.support.fca_client import scrape, settled, value
+from tests.support.fca_client import settled, value
 from tests.support.model_families import build_family_tokenizer
 from tests.support.triton_server import TritonServerFactory
 

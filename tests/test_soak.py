@@ -1,8 +1,12 @@
 """Soak: FCA_SOAK_REQUESTS (default 2000) requests at concurrency 64 over loopback gRPC against a real tritonserver,
-mixing good, bad and cancelled requests. None may be lost or hang; the server's memory and threads are measured
-after a warm-up and after the soak.
+mixing good, bad and cancelled requests, once per engine transport (gRPC, BLS). None may be lost or hang; the
+server's memory and threads are measured after a warm-up and after the soak.
 
-Deselect with `-k "not soak"`. Writes /tmp/fca_soak_summary.txt and /tmp/fca_metrics_after_soak.txt.
+Deselect with `-k "not soak"`. Writes fca_soak_summary_<transport>.txt and fca_metrics_after_soak_<transport>.txt
+to FCA_SOAK_DIR (default /tmp). The long soak (README "Tests") runs both transports at once, 100,000
+requests each, so that two servers compete for the cores:
+    FCA_SOAK_REQUESTS=100000 FCA_SOAK_SECONDS=36000 .venv/bin/python -m pytest tests/test_soak.py -k grpc &
+    FCA_SOAK_REQUESTS=100000 FCA_SOAK_SECONDS=36000 .venv/bin/python -m pytest tests/test_soak.py -k bls
 """
 
 from __future__ import annotations
@@ -42,11 +46,14 @@ REQUESTS = int(os.environ.get("FCA_SOAK_REQUESTS", "2000"))
 TIME_LIMIT_S = float(os.environ.get("FCA_SOAK_SECONDS", "420"))
 CONCURRENCY = 64
 WARMUP = 2 * CONCURRENCY
+STALL_HUNG = CONCURRENCY // 4
+STALLS: list[str] = []  # when the first request hung, per run
 REQUEST_TIMEOUT_S = 60.0
 # An unload deadlock never ends; a slow unload on a busy machine does. Triton's default 5 s cannot tell them apart.
 EXIT_TIMEOUT_S = 60
-SUMMARY_PATH = Path("/tmp/fca_soak_summary.txt")
-METRICS_PATH = Path("/tmp/fca_metrics_after_soak.txt")
+SOAK_DIR = os.environ.get("FCA_SOAK_DIR", "/tmp")  # where the summaries go
+SUMMARY_PATH = SOAK_DIR + "/fca_soak_summary_{transport}.txt"
+METRICS_PATH = SOAK_DIR + "/fca_metrics_after_soak_{transport}.txt"
 
 PRICE_CALL = '<tool_call>\n{"name": "get_current_stock_price", "arguments": {"symbol": "RIVN"}}\n</tool_call>'
 SCRIPT = {
@@ -167,11 +174,20 @@ async def run_load(grpc_url: str, kinds: list[str], seed: int, time_limit_s: flo
         queue.put_nowait(item)
     records: list[Record] = []
     started = time.monotonic()
+    hung = 0
 
     async def worker():
-        while not queue.empty() and time.monotonic() - started < time_limit_s:
+        nonlocal hung
+        # A stall (a deadlocked stub) hangs every request from then on: stop once a quarter of the workers hang.
+        while not queue.empty() and time.monotonic() - started < time_limit_s and hung < STALL_HUNG:
             index, kind = queue.get_nowait()
-            records.append(await one_request(client, kind, index, rng))
+            record = await one_request(client, kind, index, rng)
+            records.append(record)
+            if record.outcome.timed_out:
+                hung += 1
+                if hung == 1:
+                    STALLS.append(f"first hung request: #{index} ({kind}) after {time.monotonic() - started:.0f} s, "
+                                  f"{len(records)} requests done")
 
     try:
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
@@ -195,13 +211,14 @@ def usage(pid: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, hermes_tokenizer_dir):
+def server(tmp_path_factory, hermes_tokenizer_dir, engine_transport):
     repo = tmp_path_factory.mktemp("soak-repo")
     make_scripted_engine(repo, SCRIPT, hermes_tokenizer_dir, token_latency_ms=1)
-    make_agent_model(repo, hermes_tokenizer_dir)
+    make_agent_model(repo, hermes_tokenizer_dir, parameters={"engine_transport": engine_transport})
     factory = TritonServerFactory(tmp_path_factory.mktemp("soak-logs"))
     try:
         running = factory(repo, exit_timeout_s=EXIT_TIMEOUT_S)
+        running.transport = engine_transport
         yield running
     finally:
         for running in factory.servers:
@@ -214,8 +231,9 @@ def diagnose(server) -> str:
     return f"stub stacks: {files or 'py-spy not found'}; server log tail:\n{server.log_tail(15)}"
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(TIME_LIMIT_S + 300)
 def test_soak_mixed_traffic_loses_nothing(server):
+    STALLS.clear()
     warm_records, _ = asyncio.run(run_load(server.grpc_url, plan(WARMUP, seed=1), seed=1, time_limit_s=120))
     warm_failed = [(r.kind, r.outcome) for r in warm_records if r.verdict in ("lost", "wrong")]
     assert not warm_failed, (diagnose(server), warm_failed[:3])
@@ -230,7 +248,7 @@ def test_soak_mixed_traffic_loses_nothing(server):
     while (after := usage(server.pid))["threads"] - before["threads"] > 32 and time.monotonic() < deadline:
         time.sleep(0.2)
     metrics_text = scrape_text(server.metrics_url)
-    METRICS_PATH.write_text(fca_lines(metrics_text) + "\n", encoding="utf-8")
+    Path(METRICS_PATH.format(transport=server.transport)).write_text(fca_lines(metrics_text) + "\n", encoding="utf-8")
 
     verdicts = Counter(r.verdict for r in records)
     server_total = value(after_metrics, "fca_requests_total", model=MODEL) - \
@@ -238,7 +256,7 @@ def test_soak_mixed_traffic_loses_nothing(server):
     server_cancelled = value(after_metrics, "fca_requests_total", model=MODEL, outcome="cancelled") - \
         value(before_metrics, "fca_requests_total", model=MODEL, outcome="cancelled")
     summary = (
-        f"fca soak: requests={len(records)}/{REQUESTS} concurrency={CONCURRENCY} elapsed={elapsed:.1f}s "
+        f"fca soak ({server.transport}): requests={len(records)}/{REQUESTS} concurrency={CONCURRENCY} elapsed={elapsed:.1f}s "
         f"rate={len(records) / elapsed:.1f}/s good={verdicts['good']} bad={verdicts['bad']} "
         f"cancelled={verdicts['cancelled']} completed_before_cancel={verdicts['completed_before_cancel']} "
         f"wrong={verdicts['wrong']} lost={verdicts['lost']} hung={sum(r.outcome.timed_out for r in records)} "
@@ -246,9 +264,10 @@ def test_soak_mixed_traffic_loses_nothing(server):
         f"rss_kib={before['rss_kib']}->{after['rss_kib']} (growth {after['rss_kib'] - before['rss_kib']:+d}) "
         f"threads={before['threads']}->{after['threads']} (growth {after['threads'] - before['threads']:+d}) "
         f"processes={after['processes']} max_latency={max(r.outcome.elapsed for r in records):.2f}s"
+        + (f" STALLED: {STALLS[-1]}" if STALLS else " stalls=0")
     )
     print("\n" + summary)
-    SUMMARY_PATH.write_text(summary + "\n", encoding="utf-8")
+    Path(SUMMARY_PATH.format(transport=server.transport)).write_text(summary + "\n", encoding="utf-8")
 
     wrong = [(r.kind, r.outcome) for r in records if r.verdict in ("wrong", "lost")][:5]
     if len(records) != REQUESTS or wrong:

@@ -14,6 +14,7 @@ template's own markup becomes control tokens.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -85,6 +86,9 @@ _PROBE_TOOL = {
         "parameters": {"type": "object", "properties": {"x": {"type": "string", "description": "X."}}},
     },
 }
+
+
+_TEMPLATE_IDS_KEPT = 256
 
 
 class ChatTemplateError(ValueError):
@@ -171,6 +175,7 @@ class ChatFormat:
     def __init__(self, tokenizer, chat_template: Optional[str] = None, *, template_source: Optional[str] = None,
                  extra_end_ids: Iterable[int] = ()):
         self.tokenizer = tokenizer
+        self._template_ids: collections.OrderedDict[str, tuple[int, ...]] = collections.OrderedDict()
         self.template, source = self._pick_template(tokenizer, chat_template)
         self.template_info = TemplateInfo(template_source or source,
                                           hashlib.sha256(self.template.encode("utf-8")).hexdigest()[:12])
@@ -410,8 +415,21 @@ class ChatFormat:
             if untrusted:
                 ids += self.encode_untrusted(text)
             elif text:
-                ids += self.tokenizer.encode(text, add_special_tokens=False)
+                ids += self._encode_template_text(text)
         return _Block(tuple(ids), "".join(text for text, _ in pieces), False)
+
+    def _encode_template_text(self, text: str) -> tuple[int, ...]:
+        """Ids of text the template wrote. The system prompt with the tool schemas is the same for every request
+        offering the same tools (about 1 ms to tokenize with five tools), so recent texts are kept (LRU)."""
+        ids = self._template_ids.get(text)
+        if ids is not None:
+            self._template_ids.move_to_end(text)
+            return ids
+        ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
+        self._template_ids[text] = ids
+        if len(self._template_ids) > _TEMPLATE_IDS_KEPT:
+            self._template_ids.popitem(last=False)
+        return ids
 
 
 def load_chat_format(tokenizer, tokenizer_dir: str, chat_template: str = "") -> ChatFormat:

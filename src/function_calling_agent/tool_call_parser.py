@@ -31,6 +31,8 @@ def _tag_tail_len(text: str) -> int:
     """Length of the tail of `text` that may still become part of a tag: a tag prefix F, optionally followed by the
     start C of a stray `</tool_call>` (stray closing tags are removed and what they separated is joined, so F + C +
     `ool_call>` + `call>` can become `<tool_call>`). Holding exactly this makes the result independent of chunking."""
+    if "<" not in text[-(len(TOOL_CALL_OPEN) + len(TOOL_CALL_CLOSE)):]:
+        return 0  # every tag prefix, and a stray closing tag's, starts with "<" (the common case: one test per delta)
     best = 0
     for close_len in range(0, min(len(text), len(TOOL_CALL_CLOSE) - 1) + 1):
         rest = text[: len(text) - close_len]

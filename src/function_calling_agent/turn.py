@@ -126,7 +126,7 @@ async def run_engine_turn(
                 ended = ENDED_DEADLINE
                 break
             try:
-                output = await wait_with_timeout(stream.__anext__(), min(remaining, idle_timeout_s))
+                output = await _next_output(stream, min(remaining, idle_timeout_s))
             except StopAsyncIteration:
                 finished = True
                 break
@@ -156,6 +156,18 @@ async def run_engine_turn(
                       answer_text="".join(answer_parts).strip(), ended=ended, reused_prompt_tokens=reused,
                       reasoning_text="".join(reasoning_parts).strip(), reasoning_tokens=reasoning_tokens,
                       unterminated_call=parser.unterminated)
+
+
+_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+
+
+
+async def _next_output(stream, timeout_s: float):
+    """The stream's next output within `timeout_s` (asyncio.TimeoutError otherwise). Runs once per engine response:
+    on Python 3.11+ a timer rescheduled in the caller's own task, with no task made per response."""
+    if _timeout is None:
+        return await wait_with_timeout(stream.__anext__(), timeout_s)
+    async with _timeout(timeout_s):
+        return await stream.__anext__()
 
 
 async def _stop(engine: EngineClient, request_id: str) -> None:

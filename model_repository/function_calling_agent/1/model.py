@@ -1,7 +1,8 @@
 """Triton adapter of function_calling_agent: tensors in, the agent loop, streamed final-answer text out.
 
 The loop itself lives in the `function_calling_agent` package (no Triton imports); this file only converts at the
-boundary, calls the engine over BLS, and guarantees exactly one FINAL response per request on every path.
+boundary, picks the engine transport (gRPC to this server's own endpoint by default, or BLS), coalesces streamed
+deltas, and guarantees exactly one FINAL response per request on every path.
 """
 
 import asyncio
@@ -16,6 +17,7 @@ import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
 from function_calling_agent.adapter.bls_engine import BlsEngineClient
+from function_calling_agent.adapter.coalescing import DeltaCoalescer
 from function_calling_agent.adapter.contract import (
     CLIENT_INPUTS,
     ENGINE_UNAVAILABLE,
@@ -26,6 +28,15 @@ from function_calling_agent.adapter.contract import (
     check_declared,
     decode_list_tools,
     decode_request,
+)
+from function_calling_agent.adapter.engine_tensors import REQUIRED_INPUTS as REQUIRED_ENGINE_INPUTS
+from function_calling_agent.adapter.engine_tensors import engine_tokens_per_block
+from function_calling_agent.adapter.grpc_engine import (
+    EngineUrlError,
+    GrpcEngineClient,
+    check_reachable,
+    resolve_engine_url,
+    server_command_line,
 )
 from function_calling_agent.adapter.metrics import AgentMetrics
 from function_calling_agent.adapter.parameters import AgentConfig, ConfigError, parse_parameters
@@ -69,10 +80,8 @@ class TritonPythonModel:
         self.tools = load_tool_modules(self.config.tool_modules, self.config.tool_path)
         self.executor = ToolExecutor(self.config.tool_workers, self.config.max_abandoned_tool_threads)
 
-        inputs, outputs = self._engine_tensors(args)
-        self.engine = BlsEngineClient(pb_utils, self.config.tensorrt_llm_model_name, inputs, outputs,
-                                      stop_timeout_s=self.config.engine_stop_timeout_seconds,
-                                      read_threads=self.config.bls_threads, logger=self.logger)
+        inputs, outputs, engine_config = self._engine_tensors(args)
+        self.engine = self._engine_client(inputs, outputs, self._tokens_per_block(outputs, engine_config))
         self.metrics = AgentMetrics(pb_utils, self.name)
         # Turns that ended in client tool calls, for their continuations (function_calling_agent.continuation).
         self.pending_turns = PendingTurns()
@@ -81,6 +90,7 @@ class TritonPythonModel:
         reasoning = self.chat.reasoning
         self.logger.log_info(
             f"function_calling_agent ready: engine={self.config.tensorrt_llm_model_name} "
+            f"transport={self._transport_info} stream_interval={self.config.stream_interval} "
             f"tools={list(self._offered_tools().names())} template={self.chat.template_info} "
             f"reasoning=(think_tokens={reasoning.has_think_tokens} opens_in_prompt={reasoning.starts_in_reasoning(None)} "
             f"enable_thinking_switch={reasoning.switch}) end_ids={sorted(self.chat.stop_ids)} "
@@ -105,8 +115,43 @@ class TritonPythonModel:
         """Module tools, plus the MCP tools of the servers that are up (an optional server's appear once it is)."""
         return self.mcp.registry() if self.mcp is not None else self.tools
 
+    def _engine_client(self, inputs, outputs, tokens_per_block):
+        name = self.config.tensorrt_llm_model_name
+        if self.config.engine_transport == "bls":
+            self._transport_info = "bls"
+            return BlsEngineClient(pb_utils, name, inputs, outputs,
+                                   stop_timeout_s=self.config.engine_stop_timeout_seconds,
+                                   read_threads=self.config.bls_threads, logger=self.logger,
+                                   tokens_per_block=tokens_per_block)
+        # This server's gRPC endpoint opens only after every model has loaded: its command line says whether it will
+        # (and where); another server's endpoint is dialled now.
+        try:
+            try:
+                argv = server_command_line()
+            except EngineUrlError:
+                if self.config.engine_url == "self":
+                    raise
+                argv = None
+            url, own = resolve_engine_url(self.config.engine_url, argv)
+            if not own:
+                check_reachable(url, name)
+        except EngineUrlError as exc:
+            raise pb_utils.TritonModelException(f"function_calling_agent engine_transport grpc: {exc}") from None
+        self._transport_info = f"grpc {url}{' (this server)' if own else ''}"
+        return GrpcEngineClient(url, name, inputs, outputs, stop_timeout_s=self.config.engine_stop_timeout_seconds,
+                                tokens_per_block=tokens_per_block, logger=self.logger)
+
+    def _tokens_per_block(self, outputs, engine_config):
+        """Tokens per KV-cache block, needed only when the engine reports reuse in TensorRT-LLM's blocks."""
+        parameters = {} if engine_config is None else {k: v.string_value for k, v in engine_config.parameters.items()}
+        try:
+            return engine_tokens_per_block(outputs, parameters, self.config.kv_cache_tokens_per_block)
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"function_calling_agent: {exc}") from None
+
     def _engine_tensors(self, args):
-        """The engine's declared inputs/outputs: from the `engine_inputs` parameter, else its config.pbtxt."""
+        """The engine's declared inputs/outputs (from the `engine_inputs` parameter, else its config.pbtxt), and its
+        parsed config when it is readable."""
         repository = os.path.dirname(os.path.abspath(args["model_repository"].rstrip("/")))
         path = os.path.join(repository, self.config.tensorrt_llm_model_name, "config.pbtxt")
         config = None
@@ -117,7 +162,7 @@ class TritonPythonModel:
                 raise pb_utils.TritonModelException(f"function_calling_agent: the engine's config: {exc}") from None
         if self.config.engine_inputs is not None:
             outputs = tensor_names(config, "output") if config is not None else ("output_ids",)
-            return self.config.engine_inputs, outputs
+            return REQUIRED_ENGINE_INPUTS + self.config.engine_inputs, outputs, config
         if config is None:
             raise pb_utils.TritonModelException(
                 f"cannot read the engine's config at {path}; set the engine_inputs parameter to the engine's "
@@ -129,7 +174,7 @@ class TritonPythonModel:
             inputs = tuple(name for name in inputs if name not in GUIDED_DECODING_INPUTS)
             self.logger.log_info("function_calling_agent: the engine has no guided_decoding_backend; tool_choice "
                                  "required and named functions are refused")
-        return inputs, tensor_names(config, "output")
+        return inputs, tensor_names(config, "output"), config
 
     async def execute(self, requests):
         if not self._executor_set:
@@ -177,17 +222,20 @@ class TritonPythonModel:
             run_id = f"fca-{uuid.uuid4().hex[:20]}"
             started = time.monotonic()
             first_token = [None]
+            deltas = DeltaCoalescer(lambda name, text: respond([_strings(name, [text])]), self.config.stream_interval,
+                                    self.config.stream_flush_ms / 1000,
+                                    on_error=lambda exc: self.logger.log_error(f"streaming a delta: {exc}"))
 
             async def on_text(delta):
                 if first_token[0] is None:
                     first_token[0] = time.monotonic() - started
                     self.metrics.first_token(first_token[0])
                 if client.stream:
-                    respond([_strings("text_output", [delta])])
+                    deltas.push("text_output", delta)
 
             async def on_reasoning(delta):
                 if client.stream and client.return_reasoning:
-                    respond([_strings("reasoning_output", [delta])])
+                    deltas.push("reasoning_output", delta)
 
             run = AgentRun(
                 engine=self.engine, chat=self.chat, tools=tools, executor=self.executor,
@@ -199,7 +247,12 @@ class TritonPythonModel:
                                      parallel_tool_calls=client.parallel_tool_calls),
                 pending_turns=self.pending_turns,
             )
-            result = await self._run_until_cancelled(run, request)
+            try:
+                result = await self._run_until_cancelled(run, request)
+            except BaseException:
+                deltas.close(flush=False)  # an error FINAL follows, and nothing may come after a FINAL
+                raise
+            deltas.close(flush=result is not None)
             if result is None:
                 outcome, calls = "cancelled", run.calls
                 send_error(REQUEST_CANCELLED, pb_utils.TritonError.CANCELLED)
@@ -267,6 +320,8 @@ class TritonPythonModel:
                 f"arguments={arguments}")
 
     def finalize(self):
+        # The gRPC client is left to the process's exit: Triton calls finalize while the stub's event loop no longer
+        # runs callbacks, so the client cannot be closed on its loop (trying stalls the unload).
         if self.mcp is not None:
             self.mcp.close()
         self.logger.log_info("function_calling_agent finalized")

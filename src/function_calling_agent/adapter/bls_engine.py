@@ -91,13 +91,14 @@ class IteratorKeeper:
 class BlsEngineClient:
     def __init__(self, pb_utils, model_name: str, declared_inputs: Iterable[str],
                  declared_outputs: Iterable[str] = ("output_ids",), *, stop_timeout_s: float = 5.0,
-                 read_threads: int = 128, logger=None):
+                 read_threads: int = 128, logger=None, tokens_per_block: Optional[int] = None):
         self._pb = pb_utils
         self.model_name = model_name
         self.declared = frozenset(declared_inputs)
         self.outputs = requested_outputs(declared_outputs)
         check_required(model_name, self.declared)
         self.supports_bad_words = "bad_words_list" in self.declared
+        self.tokens_per_block = tokens_per_block
         self.stop_timeout_s = stop_timeout_s
         self._logger = logger
         self._reads = DaemonThreadPool(read_threads)
@@ -144,7 +145,8 @@ class BlsEngineClient:
                     return
                 if response.has_error():
                     raise EngineError(f"engine model {self.model_name!r} failed: {response.error().message()}")
-                output = engine_output(lambda name: _array(self._pb, response, name))
+                output = engine_output(lambda name: _array(self._pb, response, name),
+                                       tokens_per_block=self.tokens_per_block, prompt_tokens=len(request.prompt_ids))
                 if output is not None and (output.token_ids or output.reused_prompt_tokens is not None):
                     yield output
         finally:

@@ -44,6 +44,17 @@ class AgentConfig:
     max_input_chars: int = 200_000
     # A YAML/JSON file of MCP servers whose allowed tools are offered too (docs/mcp.md); None: no MCP servers.
     mcp_servers: Optional[str] = None
+    # How the agent reaches the engine model: "grpc" (this server's gRPC endpoint, adapter.grpc_engine) or "bls".
+    engine_transport: str = "grpc"
+    # grpc: "self" (the gRPC endpoint of the server the agent runs in, read from its command line) or host:port.
+    engine_url: str = "self"
+    # Client deltas go out every `stream_interval` answer tokens, or once the oldest held text is `stream_flush_ms`
+    # old; the first delta of a request is never held. 1: every token. 16 by measurement (bench/relay.py
+    # --sweep-intervals: 4 to 32 relay within noise of each other, each about 1.5x interval 1; 16 best or tied).
+    stream_interval: int = 16
+    stream_flush_ms: float = 50.0
+    # TensorRT-LLM reports KV reuse in blocks; 0: read the tokens per block from the engine's build config.
+    kv_cache_tokens_per_block: int = 0
 
 
 _REQUIRED = object()
@@ -56,7 +67,7 @@ _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 class Parameter:
     """One config.pbtxt parameter: how to read it and where it goes (`limits.<field>` or an AgentConfig field)."""
 
-    kind: str  # int | float | bool | text | names | modules | paths | model | template | file
+    kind: str  # int | float | bool | text | names | modules | paths | model | template | file | transport | url
     target: str
     default: Any = _REQUIRED
     low: float = 0
@@ -98,7 +109,13 @@ PARAMETERS: Mapping[str, Parameter] = {
     "log_tool_payloads": _config("bool", "log_tool_payloads"),
     "max_input_chars": _config("int", "max_input_chars", 1),
     "mcp_servers": _config("file", "mcp_servers"),
+    "engine_transport": _config("transport", "engine_transport"),
+    "engine_url": _config("url", "engine_url"),
+    "stream_interval": _config("int", "stream_interval", 1, 4096),
+    "stream_flush_ms": _config("float", "stream_flush_ms", 0, 60_000),
+    "kv_cache_tokens_per_block": _config("int", "kv_cache_tokens_per_block", 0, 1 << 20),
 }
+ENGINE_TRANSPORTS = ("grpc", "bls")
 
 
 def _parse(name: str, spec: Parameter, text: str) -> Any:
@@ -137,6 +154,17 @@ def _parse(name: str, spec: Parameter, text: str) -> Any:
             raise ConfigError(f"parameter {name!r} must be empty (the tokenizer's template), 'builtin' or a path to a "
                               f".jinja file, got {text!r}")
         return text
+    if spec.kind == "transport":
+        if text not in ENGINE_TRANSPORTS:
+            raise ConfigError(f"parameter {name!r} must be one of {', '.join(ENGINE_TRANSPORTS)}, got {text!r}")
+        return text
+    if spec.kind == "url":
+        from .grpc_engine import parse_engine_url
+
+        try:
+            return parse_engine_url(text)
+        except ValueError as exc:
+            raise ConfigError(f"parameter {name!r}: {exc}") from None
     if spec.kind == "file":
         return text or None  # empty: not set
     if spec.kind == "paths":

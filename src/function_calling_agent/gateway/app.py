@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from openai.types import Model
 
+from ..grpc_channel import channel_args
 from .agent_stream import AgentError, Final, ReasoningDelta, TextDelta, agent_events, agent_inputs
 from .wire import BadRequest, ChunkWriter, completion, error_body, new_completion_id, parse_chat_request
 
@@ -52,7 +53,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     state = {}
 
     async def lifespan(app):
-        state["client"] = grpcclient.InferenceServerClient(settings.triton_url)
+        state["client"] = grpcclient.InferenceServerClient(settings.triton_url,
+                                                           channel_args=channel_args(settings.triton_url))
         try:
             yield
         finally:

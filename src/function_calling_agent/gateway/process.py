@@ -18,6 +18,10 @@ from typing import Mapping, Optional
 from . import API_KEY_ENV, command_line
 
 
+# The gateway is this process's own child: its health check never goes through HTTP(S)_PROXY.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -45,7 +49,7 @@ class GatewayProcess:
         """The OpenAI base URL (ends with /v1)."""
         return f"http://{'127.0.0.1' if self.host in ('0.0.0.0', '::') else self.host}:{self.port}/v1"
 
-    def start(self, timeout: float = 60.0) -> "GatewayProcess":
+    def start(self, timeout: float = 120.0) -> "GatewayProcess":
         """Starts it and waits until it answers `/health` with 200; raises RuntimeError with its output otherwise."""
         attempts = 3 if self.requested_port == 0 else 1
         for attempt in range(attempts):
@@ -79,7 +83,7 @@ class GatewayProcess:
             if self.process.poll() is not None:
                 return False
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
+                with _DIRECT.open(url, timeout=2) as response:
                     if response.status == 200:
                         return True
             except (urllib.error.URLError, OSError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import queue
 import threading
 import time
 from typing import Any, Optional
@@ -42,6 +43,7 @@ class ToolExecutor:
         self._alive_by_tool: dict[str, int] = {}
         self._slots: Optional[asyncio.Semaphore] = None
         self._slots_loop = None
+        self._workers = _Workers(max_idle=max_concurrent)
 
     @property
     def running(self) -> int:
@@ -122,7 +124,7 @@ class ToolExecutor:
                     "timeout; try again later")
             self._alive_by_tool[spec.name] = alive + 1
             self._running += 1
-        threading.Thread(target=target, name=f"tool:{spec.name}", daemon=True).start()
+        self._workers.start(target, f"tool:{spec.name}")
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -132,6 +134,37 @@ class ToolExecutor:
                     state["abandoned"] = True
                     self._abandoned += 1
             raise
+
+
+class _Workers:
+    """Daemon threads reused across calls: starting a thread costs a few hundred microseconds (Thread.start waits for
+    it to run), paid on every tool call otherwise. A job goes to an idle thread, else to a new one, so a call never
+    waits for another; a thread whose call was abandoned rejoins the idle ones when the call returns."""
+
+    def __init__(self, max_idle: int):
+        self._max_idle = max_idle
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def start(self, job, name: str) -> None:
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._jobs.put((job, name))
+        if spawn:
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            job, name = self._jobs.get()
+            threading.current_thread().name = name
+            job()
+            with self._lock:
+                if self._idle >= self._max_idle:
+                    return
+                self._idle += 1
 
 
 async def wait_with_timeout(awaitable, timeout: float):
