@@ -191,6 +191,34 @@ def test_abandoning_a_stream_mid_read_never_adds_a_second_consumer():
     assert len(client.finished_streams) == 1
 
 
+def test_a_drain_past_the_stop_timeout_still_reads_to_the_end():
+    # On a busy machine the engine may honour `stop` late. Giving up on the stream would leave it in the stub's
+    # iterator map, which deadlocks the stub's unload (Triton 2.51): the drain warns once and reads on.
+    stream = SingleConsumerStream([_Response([5]), _Response([6]), _Response([7]), _Response(None)])
+    pb = FakePb(stream)
+    warnings = []
+    logger = type("Logger", (), {"log_warn": lambda self, message: warnings.append(message)})()
+    client = BlsEngineClient(pb, "tensorrt_llm", INPUTS, stop_timeout_s=0.1, read_threads=8, logger=logger)
+    stream.release(2)
+
+    async def main():
+        generator, pending = await _cancel_second_read(client, lambda: stream.reads == 2)
+        try:
+            await pending
+        except asyncio.CancelledError:
+            pass
+        await generator.aclose()
+
+    asyncio.run(main())
+    time.sleep(0.3)  # past the stop timeout, with the stream still open
+    assert client.draining == 1 and not stream.finished.is_set()
+    stream.release(2)
+    _wait(lambda: client.draining == 0)
+    assert stream.finished.is_set() and stream.reads == 4 and stream.overlaps == 0
+    assert len(client.finished_streams) == 1
+    assert len(warnings) == 1 and "reading it to its end" in warnings[0]
+
+
 def test_a_cancel_during_the_call_still_drains_the_stream_it_returns():
     # Unread, the stream would keep every response in the stub and deadlock the stub's unload (Triton 2.51).
     stream = SingleConsumerStream([_Response([5]), _Response(None)])

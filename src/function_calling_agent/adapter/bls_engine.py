@@ -160,7 +160,7 @@ class BlsEngineClient:
 
     def _drain_in_background(self, iterator, request_id: str,
                              reading: Optional[concurrent.futures.Future] = None) -> None:
-        """Consumes what is left of an abandoned stream so the engine's responses are released, within a bound.
+        """Consumes what is left of an abandoned stream, to its end, so the engine's responses are released.
 
         `reading` is the read that was in flight when the stream was abandoned: the drain starts only once it is
         over, so the iterator never has two consumers.
@@ -175,12 +175,15 @@ class BlsEngineClient:
                     if not reading.cancelled() and reading.exception() is None and reading.result() is _END:
                         self.finished_streams.keep(iterator)
                         return
+                warned = False
                 for _ in iterator:
-                    if time.monotonic() > deadline:
-                        self._log_warn(f"engine stream {request_id} still open {self.stop_timeout_s:g} s after stop")
-                        break
-                else:
-                    self.finished_streams.keep(iterator)
+                    # Read on to the end however long it takes (the engine ends it at max_tokens at the latest): a
+                    # stream left unread stays in the stub's iterator map and deadlocks the stub at unload.
+                    if not warned and time.monotonic() > deadline:
+                        warned = True
+                        self._log_warn(f"engine stream {request_id} still open {self.stop_timeout_s:g} s after stop; "
+                                       "reading it to its end")
+                self.finished_streams.keep(iterator)
             except Exception:
                 pass
             finally:
