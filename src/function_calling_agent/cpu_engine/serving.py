@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from .contract import INPUT_NAMES, InvalidInput, final_outputs, parse_request, token_outputs
-from .engine import FinishReason
+from .worker import FinishReason
 from .stop_signals import StopSignalBoard
 
 # How often a request with no new token checks whether its client went away.
