@@ -2,18 +2,18 @@
 
 from .config import ConfigError, EngineConfig
 from .contract import ContractRequest, InvalidInput, final_outputs, parse_request, token_outputs
-from .engine import (
+from .engine import GenerationEngine
+from .prefix_cache import PrefixKVCache
+from .sampling import SamplingParams, parse_word_list
+from .stop_signals import StopSignalBoard, default_stop_signal_dir
+from .worker import (
     FinishReason,
-    GenerationEngine,
     GenerationHandle,
     GenerationRequest,
     GenerationResult,
     GenerationStats,
     GenerationUpdate,
 )
-from .prefix_cache import PrefixKVCache
-from .sampling import SamplingParams, parse_word_list
-from .stop_signals import StopSignalBoard, default_stop_signal_dir
 
 __all__ = [
     "ConfigError",

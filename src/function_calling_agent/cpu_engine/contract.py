@@ -11,8 +11,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .engine import GenerationRequest, GenerationStats
 from .sampling import SamplingParams, parse_word_list
+from .worker import GenerationRequest, GenerationStats
 
 # Inputs this engine reads (all others in the stock TensorRT-LLM config are not accepted by our config.pbtxt).
 INPUT_NAMES = (

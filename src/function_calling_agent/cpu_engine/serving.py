@@ -3,16 +3,20 @@
 Shared by the CPU engines (`tensorrt_llm_cpu` on torch, `tensorrt_llm_llamacpp` on llama.cpp): any engine with
 `submit(GenerationRequest, on_update, should_stop) -> GenerationHandle`. Each request is served by its own
 coroutine on the stub's event loop, fed token updates by the engine's generation thread. Every request gets exactly
-one FINAL, on every path.
+one FINAL, on every path. `EngineModel` is the rest of such a Python model: loading its config, the stop-signal
+board and the server around the engine that a subclass loads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 
+from .config import ConfigError, ModelParameters
 from .contract import INPUT_NAMES, InvalidInput, final_outputs, parse_request, token_outputs
-from .engine import FinishReason
-from .stop_signals import StopSignalBoard
+from .stop_signals import StopSignalBoard, default_stop_signal_dir
+from .worker import FinishReason
 
 # How often a request with no new token checks whether its client went away.
 CANCEL_POLL_S = 0.05
@@ -202,3 +206,61 @@ class EngineServer:
     def _final_extras(self, stats, return_perf_metrics: bool) -> dict:
         self._record(stats)
         return final_outputs(stats, self._block_size, return_perf_metrics)
+
+
+class EngineModel:
+    """A decoupled `tensorrt_llm`-contract Python model over one CPU engine, `TritonPythonModel`'s base in the
+    `tensorrt_llm_cpu` and `tensorrt_llm_llamacpp` model.py files (which pass pb_utils in).
+
+    A subclass sets `label` (the model's name in messages, also its metric prefix) and `config_type` (its
+    `ModelParameters`, with stop_signal_dir, exclude_input_in_output and kv_cache_block_size), and implements
+    `load_engine`. A bad config or engine fails loading with TritonModelException."""
+
+    label: str
+    config_type: type[ModelParameters]
+
+    def __init__(self, pb_utils) -> None:
+        self._pb = pb_utils
+
+    def load_engine(self, config, model_repository: str):
+        """Load the engine for `config`; returns (engine, what was loaded, how) for the "loaded" log line.
+
+        `model_repository` is Triton's `args["model_repository"]` (this model's directory). Raise
+        TritonModelException for what the operator must change."""
+        raise NotImplementedError
+
+    def stop_signal_scope(self, repository: str) -> str:
+        """Where the default stop-signal directory is derived from; `repository` is the absolute model directory."""
+        return repository
+
+    def initialize(self, args) -> None:
+        pb = self._pb
+        model_config = json.loads(args["model_config"])
+        if not pb.using_decoupled_model_transaction_policy(model_config):
+            raise pb.TritonModelException(
+                f"{self.label} streams tokens: set model_transaction_policy {{ decoupled: true }}"
+            )
+        try:
+            config = self.config_type.from_model_config(model_config)
+        except ConfigError as exc:
+            raise pb.TritonModelException(f"{self.label} config.pbtxt: {exc}") from None
+        self._engine, source, details = self.load_engine(config, args["model_repository"])
+        self._stop_board = StopSignalBoard(
+            config.stop_signal_dir
+            or default_stop_signal_dir(self.stop_signal_scope(os.path.abspath(args["model_repository"])))
+        )
+        self._server = EngineServer(
+            pb, self._engine, self._stop_board, label=self.label, metric_prefix=self.label,
+            exclude_input_in_output=config.exclude_input_in_output, kv_cache_block_size=config.kv_cache_block_size,
+            model_name=args["model_name"], model_version=args["model_version"],
+            instance=args.get("model_instance_name", ""),
+        )
+        pb.Logger.log_info(f"{self.label}: loaded {source} ({details}, stop signals in {self._stop_board.directory})")
+
+    async def execute(self, requests):
+        await self._server.execute(requests)
+        return None
+
+    def finalize(self) -> None:
+        self._engine.close()
+        self._stop_board.close()

@@ -6,7 +6,14 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..cpu_engine.config import ConfigError
+from ..cpu_engine.config import (
+    ConfigError,
+    ModelParameters,
+    choice_parameter,
+    flag_parameters,
+    integer_parameters,
+    required_parameter,
+)
 
 KV_CACHE_TYPES = ("f16", "f32", "q8_0")
 _INTEGERS = (
@@ -28,7 +35,7 @@ def available_cores() -> int:
 
 
 @dataclass(frozen=True)
-class LlamaCppConfig:
+class LlamaCppConfig(ModelParameters):
     gguf_path: str  # the model, a .gguf file
     tokenizer_dir: str  # the agent's Hugging Face tokenizer: its ids must mean the same tokens in the GGUF
     kv_cache_tokens: int = 16384  # KV cells shared by running requests and cached prefixes
@@ -47,44 +54,14 @@ class LlamaCppConfig:
         return self.threads or available_cores()
 
     @classmethod
-    def from_model_config(cls, model_config: Mapping[str, Any]) -> "LlamaCppConfig":
-        raw = {key: value.get("string_value", "") for key, value in model_config.get("parameters", {}).items()}
-        return cls.from_parameters(raw)
-
-    @classmethod
-    def from_parameters(cls, raw: Mapping[str, str]) -> "LlamaCppConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"unknown parameters {unknown}; known: {sorted(known)}")
-        for key, value in raw.items():
-            if "${" in value:
-                raise ConfigError(f"parameter {key} has an unfilled placeholder: {value!r}")
-        values: dict[str, Any] = {}
-        for key, what in (("gguf_path", "the model's .gguf file"), ("tokenizer_dir", "its Hugging Face tokenizer")):
-            if not raw.get(key, "").strip():
-                raise ConfigError(f"parameter {key} ({what}) is required")
-            values[key] = raw[key].strip()
-        for key, minimum in _INTEGERS:
-            if raw.get(key, "").strip():
-                try:
-                    number = int(raw[key])
-                except ValueError:
-                    raise ConfigError(f"parameter {key} must be an integer, got {raw[key]!r}") from None
-                if number < minimum:
-                    raise ConfigError(f"parameter {key} must be >= {minimum}, got {number}")
-                values[key] = number
-        for key in _BOOLEANS:
-            if raw.get(key, "").strip():
-                flag = raw[key].strip().lower()
-                if flag not in ("true", "false", "1", "0"):
-                    raise ConfigError(f"parameter {key} must be true or false, got {flag!r}")
-                values[key] = flag in ("true", "1")
-        if raw.get("kv_cache_type", "").strip():
-            kind = raw["kv_cache_type"].strip()
-            if kind not in KV_CACHE_TYPES:
-                raise ConfigError(f"parameter kv_cache_type must be one of {list(KV_CACHE_TYPES)}, got {kind!r}")
-            values["kv_cache_type"] = kind
+    def _parse(cls, raw: Mapping[str, str]) -> "LlamaCppConfig":
+        values: dict[str, Any] = {
+            key: required_parameter(raw, key, what)
+            for key, what in (("gguf_path", "the model's .gguf file"), ("tokenizer_dir", "its Hugging Face tokenizer"))
+        }
+        values.update(integer_parameters(raw, _INTEGERS))
+        values.update(flag_parameters(raw, _BOOLEANS))
+        values.update(choice_parameter(raw, "kv_cache_type", KV_CACHE_TYPES))
         values["stop_signal_dir"] = raw.get("stop_signal_dir", "").strip()
         config = cls(**values)
         if config.max_seq_len > config.kv_cache_tokens:

@@ -6,7 +6,8 @@ decode step of N requests costs little more than one on a memory-bound CPU), the
 token with the torch engine's sampler (TensorRT-LLM semantics) and acts on stop/cancel before the next step.
 
 Requests and updates are the torch engine's types (`cpu_engine.GenerationRequest`, `GenerationUpdate`, ...), so the
-Triton adapter and the contract parsing are shared.
+Triton adapter and the contract parsing are shared; so is the scaffolding around the generation thread
+(`cpu_engine.worker.GenerationWorker`: submit/generate/close, stop and cancel, finishing a request).
 
 Prefix reuse: the context's unified KV cache holds `n_seq_max` sequence slots. A finished request leaves its
 tokens' KV in its slot; a new request takes the free slot whose cached tokens share the longest prefix with its
@@ -17,25 +18,14 @@ least recently used first when the cache needs room.
 from __future__ import annotations
 
 import itertools
-import queue
-import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Iterable
 
 import torch
 
-from ..cpu_engine.engine import (
-    FinishReason,
-    GenerationHandle,
-    GenerationRequest,
-    GenerationResult,
-    GenerationStats,
-    GenerationUpdate,
-    UpdateCallback,
-)
-from ..cpu_engine.guided import GuideCompiler, TokenGuide
-from ..cpu_engine.sampling import TokenSampler, ends_with_any
+from ..cpu_engine.guided import GuideCompiler
+from ..cpu_engine.worker import FinishReason, GenerationWorker, SequenceState
 from .binding import LlamaModel
 
 _NO_ROOM = 1  # llama_decode: the KV cache has no room for this batch
@@ -50,23 +40,8 @@ class _Slot:
 
 
 @dataclass
-class _Sequence:
-    request: GenerationRequest
-    handle: GenerationHandle
-    on_update: UpdateCallback
-    should_stop: Callable[[], bool] | None
-    max_new_tokens: int
-    sampler: TokenSampler
-    tokens: list[int]  # prompt + generated
-    guide: TokenGuide | None = None  # guided decoding (cpu_engine.guided), the torch engine's
+class _Sequence(SequenceState):
     slot: _Slot | None = None
-    reused: int = 0
-    prefilled: int = 0
-    generated: int = 0
-
-    @property
-    def prompt_length(self) -> int:
-        return len(self.request.input_ids)
 
     @property
     def reservation(self) -> int:
@@ -83,8 +58,10 @@ def _common_prefix(a: list[int], b: tuple[int, ...] | list[int]) -> int:
     return n
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(GenerationWorker):
     """Same interface as `cpu_engine.GenerationEngine` (submit/generate/close, max_seq_len, vocab_size)."""
+
+    sequence_type = _Sequence
 
     def __init__(
         self,
@@ -95,8 +72,7 @@ class LlamaCppEngine:
         prefix_reuse: bool = True,
         guides: GuideCompiler | None = None,
     ) -> None:
-        if prefill_chunk_tokens <= 0:
-            raise ValueError(f"prefill_chunk_tokens must be > 0, got {prefill_chunk_tokens}")
+        super().__init__(prefill_chunk_tokens=prefill_chunk_tokens)
         self._model = model
         limit = min(model.n_ctx, model.n_ctx_train or model.n_ctx)
         if max_seq_len > model.n_ctx:
@@ -109,66 +85,10 @@ class LlamaCppEngine:
         self.guides = guides
         self._slots = [_Slot(seq_id) for seq_id in range(model.n_seq_max)]
         self._clock = itertools.count(1)
-        self._cond = threading.Condition()
-        self._pending: deque[_Sequence] = deque()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="llamacpp-generation", daemon=True)
-        self._thread.start()
-
-    def submit(
-        self,
-        request: GenerationRequest,
-        on_update: UpdateCallback,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> GenerationHandle:
-        """Queue a request; `on_update` is called from the generation thread. Raises ValueError on bad input."""
-        prompt_length = len(request.input_ids)
-        if prompt_length == 0:
-            raise ValueError("input_ids must hold at least one token")
-        if prompt_length >= self.max_seq_len:
-            raise ValueError(f"prompt of {prompt_length} tokens leaves no room under max_seq_len {self.max_seq_len}")
-        if request.max_new_tokens < 0:
-            raise ValueError(f"request_output_len must be >= 0, got {request.max_new_tokens}")
-        bad = [t for t in request.input_ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"input_ids hold ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
-        guide = None
-        if request.guide is not None:
-            if self.guides is None:
-                raise ValueError("guided decoding needs the model's tokenizer, which this engine has not loaded")
-            guide = self.guides.compile(*request.guide, end_id=request.end_id)  # GuideError is a ValueError
-        handle = GenerationHandle()
-        sequence = _Sequence(
-            request=request,
-            handle=handle,
-            on_update=on_update,
-            should_stop=should_stop,
-            max_new_tokens=min(request.max_new_tokens, self.max_seq_len - prompt_length),
-            sampler=TokenSampler(request.sampling, self.vocab_size, request.bad_words),
-            tokens=list(request.input_ids),
-            guide=guide,
-        )
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("generation engine is closed")
-            self._pending.append(sequence)
-            self._cond.notify()
-        return handle
-
-    def generate(
-        self, request: GenerationRequest, should_stop: Callable[[], bool] | None = None, timeout: float | None = None
-    ) -> GenerationResult:
-        """Blocking convenience: run one request to its end."""
-        updates: queue.Queue[GenerationUpdate] = queue.Queue()
-        self.submit(request, updates.put, should_stop)
-        tokens: list[int] = []
-        while True:
-            update = updates.get(timeout=timeout)
-            if update.error is not None:
-                raise update.error
-            tokens.extend(update.token_ids)
-            if update.final:
-                return GenerationResult(tuple(tokens), update.finish_reason, update.stats)
+        # the generation thread's: requests waiting for a slot or KV room, and those being decoded
+        self._waiting: deque[_Sequence] = deque()
+        self._active: list[_Sequence] = []
+        self._launch("llamacpp-generation")
 
     def cached_sequences(self) -> list[tuple[int, ...]]:
         """Token sequences whose KV the idle slots keep, least recently used first (a snapshot; for tests)."""
@@ -176,53 +96,29 @@ class LlamaCppEngine:
             idle = [s for s in self._slots if s.owner is None and s.tokens]
             return [tuple(s.tokens) for s in sorted(idle, key=lambda s: s.last_used)]
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Cancel what is queued or running, stop the generation thread and free the llama.cpp context."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self._model.close()
+    def _closed_down(self) -> None:
+        """close() frees the llama.cpp context once the generation thread has ended."""
+        self._model.close()
 
     # ---- generation thread ------------------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        waiting: deque[_Sequence] = deque()
-        active: list[_Sequence] = []
-        while True:
-            with self._cond:
-                while not self._pending and not waiting and not active and not self._closed:
-                    self._cond.wait()
-                waiting.extend(self._pending)
-                self._pending.clear()
-                if self._closed:
-                    for sequence in list(active) + list(waiting):
-                        self._finish(sequence, FinishReason.CANCELLED, keep_cache=False)
-                    return
-            for sequence in list(active):
-                if self._should_end(sequence):
-                    active.remove(sequence)
-            for sequence in list(waiting):
-                if self._should_end(sequence):
-                    waiting.remove(sequence)
-            self._admit(waiting, active)
-            if active:
-                self._step(active)
+    def _enqueue(self, arrivals: Iterable[_Sequence]) -> None:
+        self._waiting.extend(arrivals)
 
-    def _should_end(self, seq: _Sequence) -> bool:
-        reason = seq.handle.requested_finish
-        if reason is None and seq.should_stop is not None:
-            try:
-                if seq.should_stop():
-                    reason = FinishReason.STOPPED
-            except Exception as exc:  # a broken stop check ends only its own request
-                self._fail(seq, exc)
-                return True
-        if reason is not None:
-            self._finish(seq, reason)
-            return True
-        return False
+    def _unfinished(self) -> list[_Sequence]:
+        return list(self._active) + list(self._waiting)
+
+    def _advance(self) -> None:
+        waiting, active = self._waiting, self._active
+        for sequence in list(active):
+            if self._should_end(sequence):
+                active.remove(sequence)
+        for sequence in list(waiting):
+            if self._should_end(sequence):
+                waiting.remove(sequence)
+        self._admit(waiting, active)
+        if active:
+            self._step(active)
 
     def _admit(self, waiting: deque[_Sequence], active: list[_Sequence]) -> None:
         """Start waiting requests in arrival order while a slot is free and the KV cache can hold them."""
@@ -348,25 +244,6 @@ class LlamaCppEngine:
             victim.tokens = []
         return True
 
-    def _accept(self, seq: _Sequence, token: int) -> bool:
-        request = seq.request
-        if request.end_id is not None and token == request.end_id:
-            self._finish(seq, FinishReason.END_ID)
-            return True
-        if seq.guide is not None:
-            seq.guide.accept(token)
-        seq.tokens.append(token)
-        seq.generated += 1
-        seq.sampler.observe((token,))
-        if request.stop_words and ends_with_any(seq.tokens[seq.prompt_length:], request.stop_words):
-            self._finish(seq, FinishReason.STOP_WORDS, token)
-            return True
-        if seq.generated >= seq.max_new_tokens:
-            self._finish(seq, FinishReason.LENGTH, token)
-            return True
-        self._emit(seq, GenerationUpdate(token_ids=(token,)))
-        return False
-
     def _release(self, seq: _Sequence, keep_cache: bool) -> None:
         slot = seq.slot
         if slot is None:
@@ -378,25 +255,3 @@ class LlamaCppEngine:
             slot.owner = None
             slot.last_used = next(self._clock)
         seq.slot = None
-
-    def _finish(self, seq: _Sequence, reason: FinishReason, token: int | None = None, keep_cache: bool = True) -> None:
-        self._release(seq, keep_cache)
-        stats = GenerationStats(
-            prompt_tokens=seq.prompt_length,
-            reused_tokens=seq.reused,
-            prefilled_tokens=seq.prefilled,
-            generated_tokens=seq.generated,
-        )
-        token_ids = () if token is None else (token,)
-        self._emit(seq, GenerationUpdate(token_ids=token_ids, finish_reason=reason, stats=stats))
-
-    def _fail(self, seq: _Sequence, error: BaseException) -> None:
-        self._release(seq, keep_cache=False)
-        self._emit(seq, GenerationUpdate(error=error))
-
-    @staticmethod
-    def _emit(seq: _Sequence, update: GenerationUpdate) -> None:
-        try:
-            seq.on_update(update)
-        except Exception:  # the consumer is gone; it no longer wants tokens
-            seq.handle.cancel()
