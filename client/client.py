@@ -2,12 +2,14 @@
 """Ask function_calling_agent a question from the command line; the agent runs the tool calls on the server.
 
     python client/client.py --streaming --output-len 1000 --prompt "Give me Rivian (RIVN) news and stock price"
+    python client/client.py -p "What is NVDA trading at?" --save-trace history.json
     python client/client.py --tools get_current_stock_price --messages history.json -p "And NVDA?"
 
 Compatible with the seed tutorial's client flags (-u, -p, -S, -o, --temperature, --model-name, -v). The answer goes
 to stdout (token by token with --streaming); with -v the tool trace, finish_reason and usage follow on stderr.
 --messages continues a conversation (a JSON file or JSON text: a list of OpenAI-style messages, or an object with
-"messages", such as a tool_trace printed by -v); with --prompt too, the prompt is added as the last user message.
+"messages", such as the tool_trace that --save-trace writes); with --prompt too, the prompt is added as the last
+user message.
 --tools narrows the server's tools for this request (comma-separated names). Input names and types come from the
 agent's client contract (`function_calling_agent.adapter.contract`).
 gRPC (default, localhost:8001) uses tritonclient's streaming API, as decoupled models require; HTTP (localhost:8000)
@@ -27,6 +29,7 @@ import queue
 import signal
 import sys
 import uuid
+from pathlib import Path
 from typing import Callable, Optional, Sequence, TextIO
 
 from function_calling_agent.adapter.contract import CLIENT_INPUTS
@@ -116,7 +119,7 @@ def request_fields(args: argparse.Namespace) -> dict:
         fields["tools"] = [name.strip() for name in args.tools.split(",") if name.strip()]
     if args.temperature is not None:
         fields["temperature"] = args.temperature
-    if args.verbose:
+    if args.verbose or args.save_trace:
         fields["return_trace"] = True
     return fields
 
@@ -331,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-i", "--protocol", choices=("grpc", "http"), default="grpc", help="default grpc")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="after the answer, print the tool trace, finish_reason and usage to stderr")
+    parser.add_argument("--save-trace", metavar="FILE",
+                        help="write the request's tool_trace (JSON; its `messages` end with the answer) to FILE, "
+                             "to continue the conversation later with --messages FILE")
     return parser
 
 
@@ -372,6 +378,12 @@ def main(argv: Optional[Sequence[str]] = None, stdout: TextIO = sys.stdout, stde
     stdout.flush()
     if args.verbose:
         print(format_trace(answer), file=stderr)
+    if args.save_trace:
+        if not isinstance(answer.trace, dict):
+            print(f"error: the server sent no tool_trace to save in {args.save_trace}", file=stderr)
+            return EXIT_SERVER_ERROR
+        Path(args.save_trace).write_text(json.dumps(answer.trace, indent=2, ensure_ascii=False) + "\n",
+                                         encoding="utf-8")
     return EXIT_OK
 
 

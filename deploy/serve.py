@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import sys
@@ -463,6 +464,12 @@ def show_calls(final: dict) -> dict:
     return trace
 
 
+def _interpreter() -> str:
+    """This interpreter (the venv's, which has the `openai` package) as a user would type it from here."""
+    relative = os.path.relpath(sys.executable)
+    return shlex.quote(relative if not relative.startswith("..") else sys.executable)
+
+
 def run_demo(http: str, args, checkpoint: Checkpoint) -> None:
     note = {"plumbing": " (plumbing check: random weights, expect noise)",
             "offline-demo": " (the tiny offline model)"}.get(checkpoint.kind, "")
@@ -517,7 +524,7 @@ def serve(args) -> int:
                 raise ServeError(f"the OpenAI-compatible endpoint did not start: {one_line(exc)} (pass "
                                  "--openai-port with a free port, or 0 to run without it)") from None
             log(f"OpenAI-compatible endpoint {gateway.base_url} (log {state_dir / 'gateway.log'}); try:\n"
-                + usage_examples(gateway.base_url))
+                + usage_examples(gateway.base_url, python=_interpreter(), prompt=args.demo_prompt or DEMO_PROMPT))
         if not args.no_demo and (args.engine != "scripted" or args.demo_prompt):
             try:
                 run_demo(urls["http"], args, checkpoint)
@@ -538,6 +545,7 @@ def serve(args) -> int:
         log("stopping tritonserver")
         server.stop()
         signal.signal(signal.SIGTERM, previous)
+        log("stopped")
     return 0
 
 

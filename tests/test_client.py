@@ -146,6 +146,20 @@ def test_messages_continue_a_conversation(server, protocol, source, tmp_path):
                                            {"role": "assistant", "content": "Rivian it is."}]
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_save_trace_writes_what_messages_continues_from(server, protocol, tmp_path):
+    # The README's two-step conversation: save the first request's trace, continue from the file.
+    history = tmp_path / "history.json"
+    first = run_client("-i", protocol, "-u", url_for(server, protocol), "--messages", json.dumps(HISTORY[:1]),
+                       "--save-trace", str(history))
+    assert first.returncode == 0, first.stderr
+    saved = json.loads(history.read_text(encoding="utf-8"))
+    assert saved["messages"] == HISTORY  # the scripted engine's first chat turn answers "Which company?"
+    second = run_client("-i", protocol, "-u", url_for(server, protocol), "--messages", str(history), "-p", "Rivian.")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == "Rivian it is.\n"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--messages", "not json and not a file"], "--messages: not a file, and not valid JSON"),
     (["--messages", '{"role": "user"}'], "--messages must hold a JSON list"),

@@ -33,9 +33,12 @@ def command(step: str, tools: Path) -> list[str]:
             for arg in argv]
 
 
-def test_the_walkthrough_module_is_the_example_file():
-    assert blocks("file")["tools/my_weather_tools.py"] + "\n" == (
-        REPO_ROOT / "examples" / "custom_tools" / "my_weather_tools.py").read_text(encoding="utf-8")
+@pytest.mark.parametrize("name", ["my_weather_tools.py", "weather_script.json"])
+def test_the_walkthrough_files_are_the_example_files(name):
+    # Steps 1 and 2 say `cp examples/custom_tools/<name> tools/` does them: the doc's blocks are those files.
+    assert f"cp examples/custom_tools/{name} tools/" in DOC.read_text(encoding="utf-8")
+    assert blocks("file")[f"tools/{name}"] + "\n" == (
+        REPO_ROOT / "examples" / "custom_tools" / name).read_text(encoding="utf-8")
 
 
 def test_the_walkthrough_ends_with_the_model_calling_the_new_tool(tmp_path):

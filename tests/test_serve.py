@@ -258,6 +258,11 @@ def test_serve_starts_the_openai_endpoint_and_prints_how_to_use_it(tmp_path, scr
         base_url = f"http://127.0.0.1:{run.ports['openai']}/v1"
         assert f"serve: OpenAI-compatible endpoint {base_url}" in run.text
         assert f"curl -N {base_url}/chat/completions" in run.text and f"OpenAI(base_url='{base_url}'" in run.text
+        # The printed openai example runs as printed, from the repository root: its interpreter has the package.
+        example = next(line for line in run.text.splitlines() if "-c \"from openai import OpenAI" in line)
+        assert example.startswith(".venv/bin/python -c ") or example.startswith("/"), example
+        done = subprocess.run(example, shell=True, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.strip(), (example, done.stderr)
         client = OpenAI(base_url=base_url, api_key="none")
         reply = client.chat.completions.create(model="function_calling_agent",
                                                messages=[{"role": "user", "content": "hello"}])

@@ -9,6 +9,7 @@ Server-side tools run inside the agent; the request's `tools` are client tools, 
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Optional
 
@@ -28,16 +29,19 @@ def command_line(port: int = DEFAULT_PORT, *, triton_url: str = "localhost:8001"
     return command
 
 
-def usage_examples(base_url: str, model_id: str = "function_calling_agent") -> str:
-    """A curl and an `openai` client example for the endpoint at `base_url` (e.g. http://localhost:9000/v1)."""
+def usage_examples(base_url: str, model_id: str = "function_calling_agent", *, python: str = "python",
+                   prompt: str = "What is NVDA trading at?") -> str:
+    """A curl and an `openai` client example for the endpoint at `base_url` (e.g. http://localhost:9000/v1), asking
+    `prompt`; `python` is the interpreter that has the `openai` package (e.g. `.venv/bin/python`)."""
+    curl_prompt = json.dumps(prompt).replace("'", "'\\''")  # inside the shell's single quotes
     return (
         f"curl -N {base_url}/chat/completions -H 'Content-Type: application/json' \\\n"
         f"  -H \"Authorization: Bearer ${{{API_KEY_ENV}:-none}}\" \\\n"
         f"  -d '{{\"model\": \"{model_id}\", \"stream\": true, \"messages\": "
-        f"[{{\"role\": \"user\", \"content\": \"What is NVDA trading at?\"}}]}}'\n"
-        f"python -c \"from openai import OpenAI; import os; "
+        f"[{{\"role\": \"user\", \"content\": {curl_prompt}}}]}}'\n"
+        f"{python} -c \"from openai import OpenAI; import os; "
         f"c = OpenAI(base_url='{base_url}', api_key=os.environ.get('{API_KEY_ENV}', 'none')); "
         f"r = c.chat.completions.create(model='{model_id}', "
-        f"messages=[{{'role': 'user', 'content': 'What is NVDA trading at?'}}]); "
+        f"messages=[{{'role': 'user', 'content': {prompt!r}}}]); "
         f"print(r.choices[0].message.content)\""
     )
